@@ -1,0 +1,139 @@
+"""Command line: ``credential-sidecar serve [--dev]``. The only module that exits.
+
+Every ``serve`` flag can also come from an environment variable (listed in ``--help``),
+so containers can be configured without a command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import shlex
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+
+from sidecar import __version__
+from sidecar.config import SETTINGS, SETTINGS_BY_NAME, load_config, resolve_raw
+from sidecar.daemon import Running, running_daemon
+from sidecar.devmode.environment import DevEnvironment, dev_environment
+from sidecar.errors import AuthTokenError, ConfigError
+from sidecar.logs import configure_logging
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # an unexpected error (a bug): the traceback is logged
+EXIT_CONFIG = 2  # bad configuration or auth token file: the message says what to fix
+EXIT_LISTEN = 3  # cannot bind the listen address (in use, not local, no permission)
+
+log = logging.getLogger("sidecar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="credential-sidecar",
+        description="Exchange an OIDC web-identity token for AWS credentials, keep them "
+        "fresh, and serve them to AWS SDKs on an ECS-compatible endpoint.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="run the daemon",
+        description="Run the credentials daemon. Flags override environment variables.",
+    )
+    for setting in SETTINGS:
+        sources = ", ".join(setting.envs)
+        default = f"; default {setting.default}" if setting.default is not None else ""
+        if setting.is_switch:
+            serve.add_argument(
+                setting.flag,
+                dest=setting.name,
+                action="store_const",
+                const="1",
+                help=f"{setting.help} [env {sources}=1]",
+            )
+        else:
+            serve.add_argument(
+                setting.flag,
+                dest=setting.name,
+                metavar="VALUE",
+                help=f"{setting.help} [env {sources}{default}]",
+            )
+    return parser
+
+
+def dev_instructions(running: Running, dev: DevEnvironment) -> str:
+    lines = [
+        "# credential-sidecar dev mode is serving credentials. In another shell:",
+        "unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN AWS_PROFILE",
+        f"export AWS_CONTAINER_CREDENTIALS_FULL_URI={shlex.quote(running.url)}",
+    ]
+    if running.auth_token_file:
+        lines.append(
+            f"export AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE={shlex.quote(running.auth_token_file)}"
+        )
+    lines += [
+        f"export AWS_ENDPOINT_URL_STS={shlex.quote(dev.sts_url)}",
+        "export AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1",
+        "aws sts get-caller-identity",
+    ]
+    return "\n".join(lines)
+
+
+async def serve(flags: Mapping[str, str | None], environ: Mapping[str, str]) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    raw = resolve_raw(flags, environ)
+    async with contextlib.AsyncExitStack() as stack:
+        dev: DevEnvironment | None = None
+        overrides = None
+        if raw["dev"][0] not in (None, "", "0", "false"):
+            dev = await stack.enter_async_context(dev_environment())
+            overrides = dev.overrides(raw["auth_token_file"][0])
+        try:
+            config = load_config(flags, environ, overrides)
+        except ConfigError as exc:
+            print(f"credential-sidecar: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        configure_logging(config.log_format, config.log_level)
+        try:
+            running = await stack.enter_async_context(running_daemon(config))
+        except AuthTokenError as exc:
+            print(f"credential-sidecar: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        except OSError as exc:
+            print(
+                f"credential-sidecar: cannot listen on {config.server.host}:"
+                f"{config.server.port}: {exc.strerror or exc}. Pick another --listen address "
+                "or stop whatever holds it.",
+                file=sys.stderr,
+            )
+            return EXIT_LISTEN
+        if dev is not None:
+            print(dev_instructions(running, dev), flush=True)
+        await stop.wait()
+        log.info("signal received, shutting down", extra={"event": "signal"})
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    flags = {name: getattr(args, name, None) for name in SETTINGS_BY_NAME}
+    raw = resolve_raw(flags, os.environ)
+    # Provisional logging until the configuration is validated (it may name another format).
+    fmt = raw["log_format"][0] if raw["log_format"][0] in ("text", "json") else "text"
+    configure_logging(fmt or "text", "info")
+    try:
+        code = asyncio.run(serve(flags, os.environ))
+    except KeyboardInterrupt:  # a second Ctrl-C before handlers were installed
+        code = EXIT_OK
+    except Exception:
+        log.exception("credential-sidecar failed unexpectedly", extra={"event": "crashed"})
+        code = EXIT_FAILURE
+    sys.exit(code)

@@ -1,0 +1,105 @@
+"""``serve --dev``: a local OIDC issuer and STS emulator, wired up as the daemon's upstream.
+
+Everything lives in a private temporary directory (0700) removed on exit. The issuer and
+the emulator share one loopback HTTP listener: the emulator at ``/``, the issuer's
+discovery document and JWKS under ``/oidc``. The token file is rewritten kubelet-style
+at 80% of the token's lifetime, so dev mode also exercises token rotation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from sidecar.devmode.issuer import OidcIssuer
+from sidecar.devmode.sts_emulator import StsEmulator
+from sidecar.devmode.token_writer import ProjectedTokenWriter
+
+log = logging.getLogger(__name__)
+
+DEV_ROLE_ARN = "arn:aws:iam::123456789012:role/credential-sidecar-dev"
+DEV_SUBJECT = "system:serviceaccount:dev:credential-sidecar"
+DEV_TOKEN_TTL = 3600.0
+
+
+@dataclass(frozen=True)
+class DevEnvironment:
+    directory: Path
+    sts_url: str
+    issuer: OidcIssuer
+    emulator: StsEmulator
+    token_file: Path
+
+    def overrides(self, auth_token_file: str | None) -> dict[str, str]:
+        """Settings dev mode supplies; explicit flags still win over them."""
+        values = {
+            "role_arn": DEV_ROLE_ARN,
+            "token_file": str(self.token_file),
+            "sts_endpoint": self.sts_url,
+            "region": "us-east-1",
+        }
+        if auth_token_file is None:
+            values["auth_token_file"] = str(self.directory / "auth-token")
+        return values
+
+
+def _issuer_routes(issuer: OidcIssuer) -> list[web.RouteDef]:
+    async def discovery(_: web.Request) -> web.Response:
+        return web.json_response(issuer.discovery())
+
+    async def keys(_: web.Request) -> web.Response:
+        return web.json_response(issuer.jwks())
+
+    return [
+        web.get("/oidc/.well-known/openid-configuration", discovery),
+        web.get("/oidc/keys", keys),
+    ]
+
+
+async def _rotate(writer: ProjectedTokenWriter, issuer: OidcIssuer, ttl: float) -> None:
+    while True:
+        await asyncio.sleep(ttl * 0.8)
+        writer.write(issuer.mint(DEV_SUBJECT, ttl=ttl))
+        log.info("dev issuer rotated the token file", extra={"event": "dev_token_rotated"})
+
+
+@contextlib.asynccontextmanager
+async def dev_environment(host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[DevEnvironment]:
+    with tempfile.TemporaryDirectory(prefix="credential-sidecar-dev-") as tmp:
+        directory = Path(tmp)
+        sock = socket.create_server((host, port))
+        bound = sock.getsockname()[1]
+        base = f"http://{host}:{bound}"
+        issuer = OidcIssuer(f"{base}/oidc")
+        emulator = StsEmulator()
+        emulator.trust_issuer(issuer.url, issuer.public_key)
+        app = web.Application()
+        app.add_routes(emulator.routes() + _issuer_routes(issuer))
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
+        await runner.setup()
+        try:
+            await web.SockSite(runner, sock).start()
+            writer = ProjectedTokenWriter(directory / "serviceaccount")
+            writer.write(issuer.mint(DEV_SUBJECT, ttl=DEV_TOKEN_TTL))
+            rotation = asyncio.create_task(_rotate(writer, issuer, DEV_TOKEN_TTL))
+            log.info(
+                "dev mode: OIDC issuer %s and STS emulator %s",
+                issuer.url,
+                base,
+                extra={"event": "dev_started", "sts_endpoint": base, "dir": tmp},
+            )
+            try:
+                yield DevEnvironment(directory, base, issuer, emulator, writer.path)
+            finally:
+                rotation.cancel()
+                await asyncio.wait([rotation])
+        finally:
+            await runner.cleanup()

@@ -1,0 +1,100 @@
+"""Every error credential-sidecar raises on purpose, and what each one means.
+
+    SidecarError                  base; carries an operator-facing message
+    ├── ConfigError               bad configuration; lists every problem at once (exit 2)
+    ├── AuthTokenError            the endpoint's auth token file is unusable
+    ├── TokenError                the web-identity token cannot be read or is unusable
+    └── ExchangeError             an STS call failed
+        └── StsError              STS answered with an error code (or did not answer);
+                                  ``disposition`` says how the refresher should react
+
+An error knows how it should be treated (``Disposition``) so that no caller has to
+re-derive it from strings: the refresher asks ``error.disposition`` and the server asks
+nothing at all, because it never sees STS errors (it only serves cached credentials).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+
+
+class Disposition(enum.Enum):
+    """How the refresher reacts to a failed exchange."""
+
+    #: Transient (throttling, 5xx, network, timeout): back off with jitter and retry.
+    RETRY = "retry"
+    #: The web-identity token itself was rejected as expired: retry with a freshly read token.
+    NEW_TOKEN = "new_token"  # noqa: S105 - a name, not a password
+    #: Needs an operator (IAM trust policy, audience, bad request): report and retry slowly.
+    FATAL = "fatal"
+
+
+class SidecarError(Exception):
+    """Base of every deliberate error; ``str()`` is safe to log (never holds a secret)."""
+
+    disposition: Disposition = Disposition.RETRY
+
+    @property
+    def code(self) -> str:
+        """A short machine-readable name, used as a metrics label and in logs."""
+        return type(self).__name__
+
+
+class ConfigError(SidecarError):
+    """One or more configuration values are wrong; every problem is listed."""
+
+    disposition = Disposition.FATAL
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        noun = "problem" if len(self.problems) == 1 else "problems"
+        super().__init__(f"invalid configuration ({len(self.problems)} {noun}):\n{lines}")
+
+
+class AuthTokenError(SidecarError):
+    """The auth token file clients must present cannot be read, created or used."""
+
+    disposition = Disposition.FATAL
+
+
+class TokenError(SidecarError):
+    """The web-identity token is missing, unreadable, not a JWT, or expired.
+
+    Retryable: a projected token file is rewritten by the kubelet, so the next read may work.
+    """
+
+    disposition = Disposition.RETRY
+
+
+class ExchangeError(SidecarError):
+    """An STS call failed."""
+
+
+class StsError(ExchangeError):
+    """STS returned an error code, or could not be reached (code ``NetworkError``/``Timeout``)."""
+
+    def __init__(
+        self,
+        operation: str,
+        error_code: str,
+        message: str,
+        disposition: Disposition,
+        http_status: int | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.operation = operation
+        self.error_code = error_code
+        self.message = message
+        self.disposition = disposition
+        self.http_status = http_status
+        self.hint = hint
+        text = f"{operation} failed: {error_code}: {message}"
+        if hint:
+            text += f" ({hint})"
+        super().__init__(text)
+
+    @property
+    def code(self) -> str:
+        return self.error_code

@@ -1,0 +1,98 @@
+"""Every metric, declared once, on an injected registry (never the global one).
+
+Counters and the latency histogram are updated where things happen; the per-role gauges
+(seconds until expiry, since the last success, readiness) are computed at scrape time
+from the refreshers' state, so they are never stale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+PREFIX = "credential_sidecar"
+
+
+@dataclass(frozen=True)
+class RoleStatus:
+    """A refresher's state at one instant, for the gauges."""
+
+    role: str
+    ready: bool
+    seconds_until_expiry: float | None
+    seconds_since_success: float | None
+    consecutive_failures: int
+
+
+class _RoleCollector(Collector):
+    def __init__(self) -> None:
+        self.sources: list[Callable[[], RoleStatus]] = []
+
+    def collect(self) -> Iterator[Metric]:
+        statuses = [source() for source in self.sources]
+        gauges = {
+            "ready": GaugeMetricFamily(
+                f"{PREFIX}_ready",
+                "1 while valid credentials are held for the role",
+                labels=["role"],
+            ),
+            "expiry": GaugeMetricFamily(
+                f"{PREFIX}_credentials_expiry_seconds",
+                "Seconds until the served credentials expire",
+                labels=["role"],
+            ),
+            "since": GaugeMetricFamily(
+                f"{PREFIX}_seconds_since_last_success",
+                "Seconds since the last successful STS exchange",
+                labels=["role"],
+            ),
+            "failures": GaugeMetricFamily(
+                f"{PREFIX}_consecutive_failures",
+                "Failed exchanges since the last success",
+                labels=["role"],
+            ),
+        }
+        for status in statuses:
+            gauges["ready"].add_metric([status.role], 1.0 if status.ready else 0.0)
+            gauges["failures"].add_metric([status.role], status.consecutive_failures)
+            if status.seconds_until_expiry is not None:
+                gauges["expiry"].add_metric([status.role], status.seconds_until_expiry)
+            if status.seconds_since_success is not None:
+                gauges["since"].add_metric([status.role], status.seconds_since_success)
+        yield from gauges.values()
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.exchanges = Counter(
+            f"{PREFIX}_sts_exchanges",
+            "STS exchanges by role, result and STS error code",
+            ["role", "result", "error_code"],
+            registry=registry,
+        )
+        self.sts_latency = Histogram(
+            f"{PREFIX}_sts_request_duration_seconds",
+            "Latency of STS calls",
+            ["operation", "outcome"],
+            registry=registry,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.requests = Counter(
+            f"{PREFIX}_http_requests",
+            "Requests to the credentials endpoint by route and status",
+            ["route", "status"],
+            registry=registry,
+        )
+        self._roles = _RoleCollector()
+        registry.register(self._roles)
+
+    def watch_role(self, source: Callable[[], RoleStatus]) -> None:
+        self._roles.sources.append(source)
