@@ -34,7 +34,7 @@ def format_expiration(moment: datetime) -> str:
     """
     if moment.tzinfo is None:
         raise ValueError("expiration must be timezone-aware")
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(UTC).replace(microsecond=0, tzinfo=None).isoformat() + "Z"
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,7 @@ class CredentialsHandler:
         self._auth = auth
         self._cold_start_wait = cold_start_wait
 
-    async def __call__(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.Response:
         if self._auth is not None:
             presented = request.headers.get("Authorization")
             if presented is None:
@@ -132,7 +132,9 @@ def create_app(
         return response
 
     app.router.add_get(
-        CREDENTIALS_PATH, CredentialsHandler(refresher, auth, cold_start_wait), allow_head=False
+        CREDENTIALS_PATH,
+        CredentialsHandler(refresher, auth, cold_start_wait).handle,
+        allow_head=False,
     )
     app.router.add_get("/healthz", healthz, allow_head=False)
     app.router.add_get("/readyz", readyz, allow_head=False)

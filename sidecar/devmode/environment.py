@@ -72,21 +72,31 @@ async def _rotate(writer: ProjectedTokenWriter, issuer: OidcIssuer, ttl: float) 
 
 
 @contextlib.asynccontextmanager
+async def serve_emulator(
+    host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[tuple[str, OidcIssuer, StsEmulator]]:
+    """An issuer and an emulator that trusts it, on one listener: (base URL, issuer, STS)."""
+    sock = socket.create_server((host, port))
+    base = f"http://{host}:{sock.getsockname()[1]}"
+    issuer = OidcIssuer(f"{base}/oidc")
+    emulator = StsEmulator()
+    emulator.trust_issuer(issuer.url, issuer.public_key)
+    app = web.Application()
+    app.add_routes(emulator.routes() + _issuer_routes(issuer))
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    try:
+        await web.SockSite(runner, sock).start()
+        yield base, issuer, emulator
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
 async def dev_environment(host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[DevEnvironment]:
     with tempfile.TemporaryDirectory(prefix="credential-sidecar-dev-") as tmp:
         directory = Path(tmp)
-        sock = socket.create_server((host, port))
-        bound = sock.getsockname()[1]
-        base = f"http://{host}:{bound}"
-        issuer = OidcIssuer(f"{base}/oidc")
-        emulator = StsEmulator()
-        emulator.trust_issuer(issuer.url, issuer.public_key)
-        app = web.Application()
-        app.add_routes(emulator.routes() + _issuer_routes(issuer))
-        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
-        await runner.setup()
-        try:
-            await web.SockSite(runner, sock).start()
+        async with serve_emulator(host, port) as (base, issuer, emulator):
             writer = ProjectedTokenWriter(directory / "serviceaccount")
             writer.write(issuer.mint(DEV_SUBJECT, ttl=DEV_TOKEN_TTL))
             rotation = asyncio.create_task(_rotate(writer, issuer, DEV_TOKEN_TTL))
@@ -101,5 +111,3 @@ async def dev_environment(host: str = "127.0.0.1", port: int = 0) -> AsyncIterat
             finally:
                 rotation.cancel()
                 await asyncio.wait([rotation])
-        finally:
-            await runner.cleanup()

@@ -10,9 +10,9 @@ Implements what credential-sidecar and its users call:
 
 Fault injection, switchable at run time (``POST /_emulator/faults``, JSON):
 ``{"action": "AssumeRoleWithWebIdentity", "error": "Throttling", "status": 400,
-"count": 3}``, ``{"delay": 5}``, ``{"hang": true}``, ``{"lifetime": 60}`` (credentials
-that live 60 s). ``DELETE /_emulator/faults`` clears them; ``GET /_emulator/stats``
-counts calls per action.
+"count": 3}``, ``{"delay": 5}``, ``{"hang": true}`` (until faults are cleared),
+``{"lifetime": 60}`` (credentials that live 60 s). ``DELETE /_emulator/faults`` clears
+them; ``GET /_emulator/stats`` counts calls per action.
 """
 
 from __future__ import annotations
@@ -94,6 +94,7 @@ class StsEmulator:
         self.sessions: dict[str, Session] = {}
         self.faults: list[Fault] = []
         self.calls: Counter[str] = Counter()
+        self._release = asyncio.Event()  # set when faults are cleared: hung calls return
 
     def trust_issuer(self, issuer_url: str, key: RSAPublicKey) -> None:
         """Like creating an IAM OIDC provider: tokens from this issuer are accepted."""
@@ -125,6 +126,8 @@ class StsEmulator:
 
     async def _clear_faults(self, _: web.Request) -> web.Response:
         self.faults.clear()
+        self._release.set()
+        self._release = asyncio.Event()
         return web.json_response({"faults": 0})
 
     async def _stats(self, _: web.Request) -> web.Response:
@@ -173,7 +176,7 @@ class StsEmulator:
             if fault.count is not None:
                 fault.count -= 1
             if fault.hang:
-                await asyncio.Event().wait()  # until the client gives up
+                await self._release.wait()  # until the faults are cleared
             if fault.delay:
                 await asyncio.sleep(fault.delay)
             if fault.lifetime is not None:

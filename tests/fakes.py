@@ -1,0 +1,95 @@
+"""Fakes for timing logic: a clock tests advance by hand, and a scripted STS exchanger."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+
+from sidecar.credentials import Credentials
+
+START_WALL = datetime(2026, 11, 21, 12, 0, 0, tzinfo=UTC)
+
+
+async def settle(rounds: int = 50) -> None:
+    """Let every ready task run until the loop is quiet (no real time passes)."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+class FakeClock:
+    """Monotonic and wall time that move only when ``advance`` is called.
+
+    ``skew`` shifts the wall clock relative to "true" time (STS's clock in tests).
+    """
+
+    def __init__(self, skew: float = 0.0) -> None:
+        self._mono = 1000.0
+        self.skew = skew
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    def true_now(self) -> datetime:
+        return START_WALL + timedelta(seconds=self._mono - 1000.0)
+
+    def now(self) -> datetime:
+        return self.true_now() + timedelta(seconds=self.skew)
+
+    async def sleep(self, seconds: float) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self._mono + max(0.0, seconds), next(self._seq), future))
+        await future
+
+    def next_wakeup(self) -> float | None:
+        """Seconds from now until the earliest sleeper wakes, if any is sleeping."""
+        live = [d for d, _, f in self._sleepers if not f.done()]
+        return min(live) - self._mono if live else None
+
+    async def advance(self, seconds: float) -> None:
+        """Move time forward, waking sleepers in deadline order and letting them run."""
+        target = self._mono + seconds
+        await settle()
+        while self._sleepers and self._sleepers[0][0] <= target:
+            deadline, _, future = heapq.heappop(self._sleepers)
+            self._mono = max(self._mono, deadline)
+            if not future.done():
+                future.set_result(None)
+            await settle()
+        self._mono = target
+        await settle()
+
+
+def make_credentials(expiration: datetime, n: int = 1) -> Credentials:
+    return Credentials(
+        access_key_id=f"ASIATESTKEY{n:09d}",
+        secret_access_key=f"secret-{n}-" + "s" * 30,
+        session_token=f"token-{n}-" + "t" * 100,
+        expiration=expiration,
+        role_arn="arn:aws:iam::123456789012:role/test",
+        assumed_role_arn="arn:aws:sts::123456789012:assumed-role/test/session",
+    )
+
+
+class FakeExchanger:
+    """Plays a script of outcomes: a number (lifetime in s) issues credentials living that
+    long by true time; an exception is raised. The last entry repeats forever."""
+
+    def __init__(self, clock: FakeClock, script: Iterable[float | BaseException]) -> None:
+        self.clock = clock
+        self.script = list(script)
+        self.calls = 0
+        self.gate: asyncio.Event | None = None
+
+    async def exchange(self) -> Credentials:
+        self.calls += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        step = self.script[min(self.calls - 1, len(self.script) - 1)]
+        if isinstance(step, BaseException):
+            raise step
+        return make_credentials(self.clock.true_now() + timedelta(seconds=step), self.calls)

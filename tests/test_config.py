@@ -1,0 +1,188 @@
+"""Configuration parsing: precedence, validation, one error listing every problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sidecar.config import RefreshPolicy, config_warnings, load_config, parse_listen, parse_seconds
+from sidecar.errors import ConfigError
+
+ROLE = "arn:aws:iam::123456789012:role/ci"
+
+
+@pytest.fixture
+def token_file(tmp_path: Path) -> Path:
+    path = tmp_path / "token"
+    path.write_text("header.payload.signature")
+    return path
+
+
+def base_env(token_file: Path, **extra: str) -> dict[str, str]:
+    return {
+        "AWS_ROLE_ARN": ROLE,
+        "AWS_WEB_IDENTITY_TOKEN_FILE": str(token_file),
+        "SIDECAR_AUTH_TOKEN_FILE": "/run/sidecar/auth-token",
+        **extra,
+    }
+
+
+def test_sdk_environment_is_enough(token_file: Path) -> None:
+    """The AWS SDK's own variables configure a working daemon with safe defaults."""
+    config = load_config({}, base_env(token_file, AWS_REGION="eu-west-1"))
+    assert config.role.role_arn == ROLE
+    assert config.role.token_file == token_file
+    assert config.role.duration == 3600
+    assert config.role.session_name.startswith("credential-sidecar-")
+    assert config.sts.region == "eu-west-1"
+    assert (config.server.host, config.server.port) == ("127.0.0.1", 9911)
+    assert config.server.insecure_no_auth is False
+
+
+def test_flags_beat_sidecar_env_beat_aws_env(token_file: Path) -> None:
+    """Precedence: flag > SIDECAR_* > AWS_*."""
+    env = base_env(
+        token_file,
+        AWS_REGION="eu-west-1",
+        SIDECAR_REGION="eu-central-1",
+        AWS_DEFAULT_REGION="ap-south-1",
+    )
+    assert load_config({}, env).sts.region == "eu-central-1"
+    assert load_config({"region": "us-west-2"}, env).sts.region == "us-west-2"
+    env.pop("SIDECAR_REGION")
+    assert load_config({}, env).sts.region == "eu-west-1"
+    env.pop("AWS_REGION")
+    assert load_config({}, env).sts.region == "ap-south-1"
+
+
+def test_dev_overrides_sit_between_flags_and_env(token_file: Path) -> None:
+    """Dev-mode values replace the environment but not explicit flags."""
+    overrides = {"region": "us-east-1", "role_arn": "arn:aws:iam::111111111111:role/dev"}
+    env = base_env(token_file, AWS_REGION="eu-west-1")
+    config = load_config({"role_arn": ROLE}, env, overrides)
+    assert config.sts.region == "us-east-1"
+    assert config.role.role_arn == ROLE
+
+
+def test_sts_endpoint_from_sdk_variables(token_file: Path) -> None:
+    """AWS_ENDPOINT_URL_STS wins over AWS_ENDPOINT_URL."""
+    env = base_env(token_file, AWS_ENDPOINT_URL="http://a:1", AWS_ENDPOINT_URL_STS="http://b:2")
+    assert load_config({}, env).sts.endpoint_url == "http://b:2"
+    env.pop("AWS_ENDPOINT_URL_STS")
+    assert load_config({}, env).sts.endpoint_url == "http://a:1"
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    """Bad role ARN, duration, session name, token file and listen address: one error."""
+    flags = {
+        "role_arn": "arn:aws:iam::12345:user/bob",
+        "token_file": str(tmp_path / "missing"),
+        "session_name": "x",
+        "duration": "60",
+        "listen": "example.com:99999",
+        "auth_token_file": str(tmp_path / "auth"),
+    }
+    with pytest.raises(ConfigError) as caught:
+        load_config(flags, {})
+    problems = caught.value.problems
+    assert len(problems) == 5
+    text = str(caught.value)
+    assert "5 problems" in text
+    assert "'arn:aws:iam::12345:user/bob' is not an IAM role ARN" in text
+    assert "missing' does not exist" in text
+    assert "--session-name='x' is not a valid RoleSessionName" in text
+    assert "--duration='60' is outside STS's limits: use 900..43200" in text
+    assert "--listen='example.com:99999' is not a listen address" in text
+
+
+def test_error_names_the_environment_variable(token_file: Path) -> None:
+    """A bad value from the environment is reported under its variable name."""
+    with pytest.raises(ConfigError, match=r"AWS_ROLE_SESSION_NAME='bad name!'"):
+        load_config({}, base_env(token_file, AWS_ROLE_SESSION_NAME="bad name!"))
+
+
+def test_missing_role_and_token_explain_what_to_set() -> None:
+    """With nothing configured, the error says which flags/variables to set (and --dev)."""
+    with pytest.raises(ConfigError) as caught:
+        load_config({}, {"SIDECAR_AUTH_TOKEN_FILE": "/x"})
+    text = str(caught.value)
+    assert "AWS_ROLE_ARN" in text and "AWS_WEB_IDENTITY_TOKEN_FILE" in text and "--dev" in text
+
+
+def test_auth_is_required_unless_explicitly_disabled(token_file: Path) -> None:
+    """No auth token file and no opt-out is an error; the opt-out is loudly named."""
+    env = base_env(token_file)
+    env.pop("SIDECAR_AUTH_TOKEN_FILE")
+    with pytest.raises(ConfigError, match="--insecure-no-auth"):
+        load_config({}, env)
+    config = load_config({"insecure_no_auth": "1"}, env)
+    assert config.server.auth_token_file is None
+    assert any("ANY process" in w for w in config_warnings(config))
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("900", 900), ("90s", 90), ("15m", 900), ("1h", 3600), ("500ms", 0.5), ("1.5h", 5400)],
+)
+def test_durations(text: str, seconds: float) -> None:
+    """Durations accept plain seconds and ms/s/m/h suffixes."""
+    assert parse_seconds(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "1d", "-5", "h", "1 h"])
+def test_bad_durations(text: str) -> None:
+    """Anything else is refused."""
+    with pytest.raises(ValueError):  # noqa: PT011
+        parse_seconds(text)
+
+
+def test_duration_with_suffix(token_file: Path) -> None:
+    """--duration 2h means 7200 seconds."""
+    assert load_config({"duration": "2h"}, base_env(token_file)).role.duration == 7200
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:9911", ("127.0.0.1", 9911)),
+        ("[::1]:80", ("::1", 80)),
+        ("localhost:0", ("localhost", 0)),
+        ("169.254.170.23:80", ("169.254.170.23", 80)),
+    ],
+)
+def test_listen_addresses(text: str, expected: tuple[str, int]) -> None:
+    """IPv4, bracketed IPv6 and localhost are accepted."""
+    assert parse_listen(text) == expected
+
+
+@pytest.mark.parametrize("text", ["9911", "127.0.0.1", "host.docker.internal:80", "1.2.3.4:x"])
+def test_bad_listen_addresses(text: str) -> None:
+    """Missing ports and names other than localhost are refused."""
+    with pytest.raises(ValueError):  # noqa: PT011
+        parse_listen(text)
+
+
+def test_short_duration_warns(token_file: Path) -> None:
+    """A 900 s session cannot keep 30 min of life: warned, with the botocore consequence."""
+    config = load_config({"duration": "900"}, base_env(token_file))
+    warnings = config_warnings(config)
+    assert any("botocore" in w and "900s" in w for w in warnings)
+    assert not config_warnings(load_config({}, base_env(token_file)))
+
+
+def test_listen_outside_sdk_allow_list_warns(token_file: Path) -> None:
+    """Binding an address SDKs refuse for http is allowed but warned about."""
+    config = load_config({"listen": "0.0.0.0:9911"}, base_env(token_file))
+    assert any("refuse" in w for w in config_warnings(config))
+
+
+@pytest.mark.parametrize("lifetime", [900, 1800, 3600, 7200, 43200])
+def test_refresh_ahead_bounds(lifetime: int) -> None:
+    """Refresh-ahead is >= 25% and >= 35 min, but leaves >= 1/4 of the lifetime in use."""
+    ahead = RefreshPolicy().refresh_ahead(lifetime)
+    assert ahead <= 0.75 * lifetime
+    assert ahead >= min(35 * 60, 0.75 * lifetime)
+    assert ahead >= min(0.25 * lifetime, 0.75 * lifetime)
+    if lifetime >= 3600:
+        assert ahead > 30 * 60

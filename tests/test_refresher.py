@@ -1,0 +1,249 @@
+"""The refresher's policy, on a fake clock: no test here waits for real time."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from sidecar.config import RefreshPolicy
+from sidecar.errors import Disposition, StsError, TokenError
+from sidecar.metrics import Metrics
+from sidecar.refresher import Refresher
+from tests.fakes import FakeClock, FakeExchanger, settle
+
+HOUR = 3600.0
+
+
+def sts_error(code: str, disposition: Disposition) -> StsError:
+    return StsError("AssumeRoleWithWebIdentity", code, "boom", disposition, 400)
+
+
+THROTTLED = sts_error("Throttling", Disposition.RETRY)
+DENIED = sts_error("AccessDenied", Disposition.FATAL)
+
+Factory = Callable[..., tuple[Refresher, FakeExchanger, FakeClock]]
+
+
+@pytest.fixture
+async def make() -> AsyncIterator[Factory]:
+    tasks: list[asyncio.Task[None]] = []
+
+    def factory(
+        script: list[float | BaseException],
+        duration: int = 3600,
+        policy: RefreshPolicy | None = None,
+        skew: float = 0.0,
+        start: bool = True,
+    ) -> tuple[Refresher, FakeExchanger, FakeClock]:
+        clock = FakeClock(skew=skew)
+        exchanger = FakeExchanger(clock, script)
+        refresher = Refresher(
+            "default",
+            exchanger,
+            duration,
+            policy or RefreshPolicy(),
+            clock,
+            Metrics(CollectorRegistry()),
+            random.Random(7),
+        )
+        if start:
+            tasks.append(asyncio.create_task(refresher.run()))
+        return refresher, exchanger, clock
+
+    yield factory
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "refresh_after"),
+    [
+        (900, 225),  # 15 min: 3/4 of the lifetime ahead, so > 10 min always left
+        (3600, 1500),  # 1 h: 35 min ahead
+        (43200, 32400),  # 12 h: 25% ahead (3 h)
+    ],
+)
+async def test_refresh_time_depends_on_lifetime(
+    make: Factory, lifetime: int, refresh_after: float
+) -> None:
+    """A session is renewed at the documented point: 15 min, 1 h and 12 h sessions."""
+    _, exchanger, clock = make([lifetime], duration=lifetime)
+    await settle()
+    assert exchanger.calls == 1
+    assert clock.next_wakeup() == pytest.approx(refresh_after)
+    await clock.advance(refresh_after - 1)
+    assert exchanger.calls == 1
+    await clock.advance(1)
+    assert exchanger.calls == 2
+
+
+async def test_served_credentials_keep_over_30_minutes_while_sts_is_healthy(make: Factory) -> None:
+    """With 1 h sessions and STS healthy, every served snapshot has > 30 min left."""
+    refresher, exchanger, clock = make([3600])
+    for _ in range(24 * 12):  # a day, looked at every 5 minutes
+        await clock.advance(300)
+        snap = refresher.servable()
+        assert snap is not None
+        assert snap.expires_at - clock.monotonic() > 30 * 60
+    assert exchanger.calls == pytest.approx(24 * 60 / 25, abs=2)
+
+
+async def test_failed_refresh_keeps_last_good_until_safety_margin(make: Factory) -> None:
+    """Failures keep serving the cached credentials, then stop before expiry (never expired)."""
+    refresher, _, clock = make([3600, THROTTLED])
+    await settle()
+    first = refresher.servable()
+    assert first is not None
+    await clock.advance(1500 + 1)  # refresh is due and fails from now on
+    assert refresher.consecutive_failures >= 1
+    assert refresher.servable() is first
+    # until 2 minutes (the safety margin) before expiry...
+    await clock.advance(3600 - 1500 - 1 - 120 - 1)
+    assert refresher.servable() is first
+    await clock.advance(2)
+    assert refresher.servable() is None
+    assert not refresher.ready
+
+
+async def test_recovers_after_failures(make: Factory) -> None:
+    """After transient failures the next success is served and failures reset."""
+    refresher, exchanger, clock = make([THROTTLED, THROTTLED, 3600])
+    await settle()
+    assert refresher.servable() is None
+    await clock.advance(10)
+    await clock.advance(10)
+    assert exchanger.calls == 3
+    assert refresher.servable() is not None
+    assert refresher.consecutive_failures == 0
+
+
+async def test_backoff_is_jittered_capped_and_never_spins(make: Factory) -> None:
+    """Transient retries wait within [base/2, min(cap, base*2^(n-1))]; never ~0."""
+    policy = RefreshPolicy(retry_base=1, retry_cap=60)
+    refresher, _, _ = make([THROTTLED], policy=policy, start=False)
+    for n in range(1, 40):
+        refresher.consecutive_failures = n
+        ceiling = min(60.0, 2.0 ** (n - 1))
+        for _ in range(50):
+            delay = refresher.retry_delay(THROTTLED)
+            assert 0.5 <= delay <= ceiling
+
+
+async def test_errors_needing_an_operator_retry_slowly(make: Factory) -> None:
+    """AccessDenied is retried at the slow pace, not with backoff."""
+    policy = RefreshPolicy(slow_retry=300)
+    _, exchanger, clock = make([DENIED], policy=policy)
+    await settle()
+    assert exchanger.calls == 1
+    assert clock.next_wakeup() == pytest.approx(300)
+    await clock.advance(299)
+    assert exchanger.calls == 1
+    await clock.advance(1)
+    assert exchanger.calls == 2
+
+
+async def test_invalid_identity_token_gets_a_few_quick_retries_then_slows(make: Factory) -> None:
+    """InvalidIdentityToken may be a JWKS race: 3 quick retries, then the slow pace."""
+    flaky = sts_error("InvalidIdentityToken", Disposition.RETRY)
+    policy = RefreshPolicy(retry_base=1, retry_cap=4, slow_retry=300)
+    _, exchanger, clock = make([flaky], policy=policy)
+    await settle()
+    for _ in range(3):
+        wake = clock.next_wakeup()
+        assert wake is not None and wake <= 4
+        await clock.advance(wake)
+    assert exchanger.calls == 4
+    assert clock.next_wakeup() == pytest.approx(300)
+
+
+async def test_token_errors_are_retried(make: Factory) -> None:
+    """A missing token file is retried with backoff (the kubelet may be writing it)."""
+    refresher, exchanger, clock = make([TokenError("token file /x does not exist"), 3600])
+    await settle()
+    assert not refresher.ready
+    await clock.advance(2)
+    assert exchanger.calls == 2
+    assert refresher.ready
+
+
+async def test_single_flight(make: Factory) -> None:
+    """Any number of concurrent refresh() calls cost exactly one exchange."""
+    refresher, exchanger, _ = make([3600], start=False)
+    exchanger.gate = asyncio.Event()
+    waiters = [asyncio.create_task(refresher.refresh()) for _ in range(500)]
+    await settle()
+    exchanger.gate.set()
+    snaps = await asyncio.gather(*waiters)
+    assert exchanger.calls == 1
+    assert len({id(s) for s in snaps}) == 1
+
+
+async def test_wait_servable_is_bounded(make: Factory) -> None:
+    """A cold-start reader waits at most its bound, then gets None."""
+    refresher, exchanger, _ = make([3600], start=False)
+    exchanger.gate = asyncio.Event()
+    assert await refresher.wait_servable(0.01) is None
+
+
+async def test_wait_servable_returns_first_credentials(make: Factory) -> None:
+    """A cold-start reader gets the first credentials as soon as they arrive."""
+    refresher, exchanger, _ = make([3600])
+    exchanger.gate = asyncio.Event()
+    reader = asyncio.create_task(refresher.wait_servable(5))
+    await settle()
+    exchanger.gate.set()
+    snap = await reader
+    assert snap is not None
+
+
+async def test_wall_clock_behind_cannot_stretch_lifetime(make: Factory) -> None:
+    """A local clock 10 min slow does not make us serve past the real expiry."""
+    refresher, _, clock = make([3600, THROTTLED], skew=-600)
+    await settle()
+    snap = refresher.servable()
+    assert snap is not None
+    assert snap.expires_at - clock.monotonic() == pytest.approx(3600)
+
+
+async def test_wall_clock_ahead_shortens_lifetime(make: Factory) -> None:
+    """A local clock 10 min fast refreshes earlier, conservatively."""
+    refresher, _, clock = make([3600], skew=600)
+    await settle()
+    snap = refresher.servable()
+    assert snap is not None
+    assert snap.expires_at - clock.monotonic() == pytest.approx(3000)
+
+
+async def test_clock_far_ahead_is_reported(make: Factory) -> None:
+    """Credentials already expired by our clock are refused with a clock error."""
+    refresher, _, _ = make([3600], skew=4000)
+    await settle()
+    assert not refresher.ready
+    assert refresher.consecutive_failures == 1
+
+
+async def test_unexpected_exception_does_not_stop_refreshing(make: Factory) -> None:
+    """A bug in one exchange is logged and retried; the loop survives."""
+    refresher, exchanger, clock = make([KeyError("Credentials"), 3600])
+    await settle()
+    assert not refresher.ready
+    await clock.advance(2)
+    assert exchanger.calls == 2
+    assert refresher.ready
+
+
+async def test_rendered_body_matches_credentials(make: Factory) -> None:
+    """The snapshot's body is rendered once from its credentials."""
+    refresher, _, _ = make([3600])
+    await settle()
+    snap = refresher.servable()
+    assert snap is not None
+    body = json.loads(snap.body)
+    assert body["AccessKeyId"] == snap.credentials.access_key_id
+    assert "secret" not in repr(snap)

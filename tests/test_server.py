@@ -1,0 +1,202 @@
+"""The HTTP endpoint in-process: status codes, headers, JSON errors, readiness, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+
+from sidecar.auth import AuthToken
+from sidecar.config import RefreshPolicy
+from sidecar.errors import Disposition, StsError
+from sidecar.metrics import Metrics
+from sidecar.refresher import Refresher
+from sidecar.server import create_app
+from tests.fakes import FakeClock, FakeExchanger, settle
+
+TOKEN = "t0ken-for-tests-0123456789abcdef"
+
+
+@dataclass
+class Harness:
+    client: TestClient[web.Request, web.Application]
+    refresher: Refresher
+    exchanger: FakeExchanger
+    clock: FakeClock
+    task: asyncio.Task[None]
+
+
+async def harness(
+    tmp_path: Path,
+    script: list[float | BaseException],
+    cold_start_wait: float = 0.2,
+    auth: bool = True,
+) -> Harness:
+    clock = FakeClock()
+    exchanger = FakeExchanger(clock, script)
+    metrics = Metrics(CollectorRegistry())
+    refresher = Refresher(
+        "default", exchanger, 3600, RefreshPolicy(), clock, metrics, random.Random(1)
+    )
+    token_path = tmp_path / "auth"
+    token_path.write_text(TOKEN)
+    app = create_app(
+        refresher, AuthToken(token_path, time.monotonic) if auth else None, metrics, cold_start_wait
+    )
+    client = TestClient(TestServer(app, host="127.0.0.1"))
+    await client.start_server()
+    return Harness(client, refresher, exchanger, clock, asyncio.create_task(refresher.run()))
+
+
+@pytest.fixture
+async def ready(tmp_path: Path) -> AsyncIterator[Harness]:
+    h = await harness(tmp_path, [3600])
+    await settle()
+    yield h
+    h.task.cancel()
+    await h.client.close()
+
+
+async def test_serves_credentials(ready: Harness) -> None:
+    """200, Content-Type exactly application/json, the SDK field set."""
+    response = await ready.client.get("/v1/credentials", headers={"Authorization": TOKEN})
+    assert response.status == 200
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.headers["Cache-Control"] == "no-store"
+    body = json.loads(await response.read())
+    assert set(body) >= {"AccessKeyId", "SecretAccessKey", "Token", "Expiration", "AccountId"}
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "code"),
+    [
+        ({}, 401, "MissingAuthorization"),
+        ({"Authorization": "wrong"}, 403, "AccessDenied"),
+        ({"Authorization": f"Bearer {TOKEN}"}, 403, "AccessDenied"),
+    ],
+)
+async def test_refuses_without_the_token(
+    ready: Harness, headers: dict[str, str], status: int, code: str
+) -> None:
+    """Missing or wrong token: 401/403, JSON with both spellings, no credentials."""
+    response = await ready.client.get("/v1/credentials", headers=headers)
+    assert response.status == status
+    assert response.headers["Content-Type"] == "application/json"
+    body = json.loads(await response.read())
+    assert body["code"] == body["Code"] == code
+    assert body["message"] == body["Message"]
+    snap = ready.refresher.servable()
+    assert snap is not None
+    raw = json.dumps(body)
+    assert snap.credentials.access_key_id not in raw
+    assert snap.credentials.secret_access_key not in raw
+
+
+async def test_cold_start_then_503_with_retry_after(tmp_path: Path) -> None:
+    """No credentials yet: a bounded wait, then 503 + Retry-After + JSON; readyz fails."""
+    throttled = StsError("AssumeRoleWithWebIdentity", "Throttling", "x", Disposition.RETRY, 400)
+    h = await harness(tmp_path, [throttled])
+    try:
+        started = time.monotonic()
+        response = await h.client.get("/v1/credentials", headers={"Authorization": TOKEN})
+        elapsed = time.monotonic() - started
+        assert response.status == 503
+        assert response.headers["Retry-After"] == "1"
+        assert response.headers["Content-Type"] == "application/json"
+        assert json.loads(await response.read())["Code"] == "CredentialsUnavailable"
+        assert 0.15 <= elapsed < 1.0
+        ready = await h.client.get("/readyz")
+        assert ready.status == 503
+    finally:
+        h.task.cancel()
+        await h.client.close()
+
+
+async def test_cold_start_wait_returns_first_credentials(tmp_path: Path) -> None:
+    """A request arriving during the first exchange gets 200 as soon as it completes."""
+    h = await harness(tmp_path, [3600], cold_start_wait=0.9)
+    h.exchanger.gate = asyncio.Event()
+    try:
+        pending = asyncio.create_task(
+            h.client.get("/v1/credentials", headers={"Authorization": TOKEN})
+        )
+        await asyncio.sleep(0.05)
+        h.exchanger.gate.set()
+        response = await pending
+        assert response.status == 200
+    finally:
+        h.task.cancel()
+        await h.client.close()
+
+
+async def test_expired_credentials_are_never_served(ready: Harness) -> None:
+    """Past the safety margin (STS down), 503, never the stale credentials."""
+    ready.exchanger.script = [
+        3600,
+        StsError("AssumeRoleWithWebIdentity", "InternalFailure", "down", Disposition.RETRY, 500),
+    ]
+    await ready.clock.advance(3600 - 120)
+    response = await ready.client.get("/v1/credentials", headers={"Authorization": TOKEN})
+    assert response.status == 503
+    assert (await ready.client.get("/readyz")).status == 503
+
+
+async def test_health_and_readiness(ready: Harness) -> None:
+    """healthz is 200; readyz is 200 with the seconds left while credentials are valid."""
+    assert (await ready.client.get("/healthz")).status == 200
+    response = await ready.client.get("/readyz")
+    assert response.status == 200
+    body = await response.json()
+    assert body["ready"] is True
+    assert body["roles"]["default"]["seconds_until_expiry"] == pytest.approx(3600)
+
+
+async def test_unknown_paths_and_methods_are_json(ready: Harness) -> None:
+    """404 and 405 are JSON too, and nothing redirects."""
+    missing = await ready.client.get("/v1/credentials/", allow_redirects=False)
+    assert missing.status == 404
+    assert (await missing.json())["Code"] == "NotFound"
+    wrong = await ready.client.post("/v1/credentials", headers={"Authorization": TOKEN})
+    assert wrong.status == 405
+    assert wrong.headers["Content-Type"] == "application/json"
+
+
+async def test_metrics(ready: Harness) -> None:
+    """Prometheus text with exchanges, requests by status, expiry and readiness."""
+    await ready.client.get("/v1/credentials", headers={"Authorization": TOKEN})
+    await ready.client.get("/v1/credentials")
+    text = await (await ready.client.get("/metrics")).text()
+    assert (
+        'credential_sidecar_sts_exchanges_total{error_code="",result="success",role="default"} 1.0'
+        in text
+    )
+    assert (
+        'credential_sidecar_http_requests_total{route="/v1/credentials",status="200"} 1.0' in text
+    )
+    assert (
+        'credential_sidecar_http_requests_total{route="/v1/credentials",status="401"} 1.0' in text
+    )
+    assert 'credential_sidecar_ready{role="default"} 1.0' in text
+    assert 'credential_sidecar_credentials_expiry_seconds{role="default"} 3600.0' in text
+    snap = ready.refresher.servable()
+    assert snap is not None and snap.credentials.access_key_id not in text
+
+
+async def test_insecure_no_auth_serves_anyone(tmp_path: Path) -> None:
+    """With the explicit opt-out, no Authorization header is needed."""
+    h = await harness(tmp_path, [3600], auth=False)
+    await settle()
+    try:
+        assert (await h.client.get("/v1/credentials")).status == 200
+    finally:
+        h.task.cancel()
+        await h.client.close()

@@ -1,0 +1,141 @@
+"""Our STS client against the emulator: credentials, classified errors, hints, timeouts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from sidecar.clock import SystemClock
+from sidecar.config import RoleConfig, StsConfig
+from sidecar.credentials import Credentials
+from sidecar.diagnosis import classify, explain
+from sidecar.errors import Disposition, StsError
+from sidecar.metrics import Metrics
+from sidecar.sts import StsClient, WebIdentityExchanger
+from sidecar.tokens import FileTokenSource, TokenClaims
+from tests.peers import EmulatorThread
+
+ROLE = RoleConfig("arn:aws:iam::123456789012:role/ci", Path("unused"), "sess", 3600)
+
+
+async def exchange(
+    emulator: EmulatorThread,
+    tmp_path: Path,
+    token: str,
+    endpoint: str | None = None,
+    timeout: float = 5,
+) -> Credentials:
+    path = tmp_path / "token"
+    path.write_text(token)
+    role = RoleConfig(ROLE.role_arn, path, ROLE.session_name, ROLE.duration)
+    config = StsConfig("us-east-1", endpoint or emulator.url, "regional")
+    async with StsClient(config, timeout, Metrics(CollectorRegistry())) as sts:
+        return await WebIdentityExchanger(
+            role, FileTokenSource(path, SystemClock()), sts
+        ).exchange()
+
+
+async def test_exchange_returns_credentials(emulator: EmulatorThread, tmp_path: Path) -> None:
+    """A web-identity exchange yields credentials for the role with an aware expiry."""
+    creds = await exchange(emulator, tmp_path, emulator.issuer.mint())
+    assert creds.role_arn == ROLE.role_arn
+    assert creds.assumed_role_arn.endswith("assumed-role/ci/sess")
+    assert creds.expiration.tzinfo is not None
+
+
+async def test_wrong_audience_is_explained(emulator: EmulatorThread, tmp_path: Path) -> None:
+    """InvalidIdentityToken for the audience names the token's aud and the fix."""
+    with pytest.raises(StsError) as caught:
+        await exchange(emulator, tmp_path, emulator.issuer.mint(audience="gitlab"))
+    error = caught.value
+    assert error.error_code == "InvalidIdentityToken"
+    assert error.disposition is Disposition.RETRY  # a few quick retries, then slow
+    assert "the token's aud is gitlab" in str(error)
+    assert "must list it as an audience" in str(error)
+
+
+async def test_throttling_is_retryable(emulator: EmulatorThread, tmp_path: Path) -> None:
+    """A Throttling answer becomes a retryable StsError (botocore's retries are off)."""
+    emulator.add_fault(error="Throttling", message="Rate exceeded", count=1)
+    with pytest.raises(StsError) as caught:
+        await exchange(emulator, tmp_path, emulator.issuer.mint())
+    assert caught.value.error_code == "Throttling"
+    assert caught.value.disposition is Disposition.RETRY
+
+
+async def test_access_denied_needs_operator(emulator: EmulatorThread, tmp_path: Path) -> None:
+    """AccessDenied is not retryable and explains the trust policy to fix."""
+    emulator.add_fault(
+        error="AccessDenied",
+        status=403,
+        count=1,
+        message="Not authorized to perform sts:AssumeRoleWithWebIdentity",
+    )
+    with pytest.raises(StsError) as caught:
+        await exchange(emulator, tmp_path, emulator.issuer.mint("repo:org/app"))
+    assert caught.value.disposition is Disposition.FATAL
+    assert "trust policy" in str(caught.value)
+    assert "sub=repo:org/app" in str(caught.value)
+
+
+async def test_hanging_sts_times_out(emulator: EmulatorThread, tmp_path: Path) -> None:
+    """A hanging STS is cut off by the per-attempt timeout as a retryable error."""
+    emulator.add_fault(hang=True, count=1)
+    with pytest.raises(StsError) as caught:
+        await exchange(emulator, tmp_path, emulator.issuer.mint(), timeout=0.3)
+    assert caught.value.disposition is Disposition.RETRY
+    assert caught.value.error_code in ("Timeout", "NetworkError")
+
+
+async def test_unreachable_sts_is_a_network_error(emulator: EmulatorThread, tmp_path: Path) -> None:
+    """Connection refused becomes a retryable NetworkError naming the endpoint."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(StsError) as caught:
+        await exchange(
+            emulator, tmp_path, emulator.issuer.mint(), endpoint=f"http://127.0.0.1:{port}"
+        )
+    assert caught.value.error_code == "NetworkError"
+    assert str(port) in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "disposition"),
+    [
+        ("Throttling", 400, Disposition.RETRY),
+        ("IDPCommunicationError", 400, Disposition.RETRY),
+        ("InternalFailure", 500, Disposition.RETRY),
+        ("SomethingNew", 503, Disposition.RETRY),
+        ("InvalidIdentityToken", 400, Disposition.RETRY),
+        ("ExpiredTokenException", 400, Disposition.NEW_TOKEN),
+        ("AccessDenied", 403, Disposition.FATAL),
+        ("IDPRejectedClaim", 403, Disposition.FATAL),
+        ("MalformedPolicyDocument", 400, Disposition.FATAL),
+        ("PackedPolicyTooLarge", 400, Disposition.FATAL),
+        ("RegionDisabledException", 403, Disposition.FATAL),
+        ("ValidationError", 400, Disposition.FATAL),
+        ("SomethingNew", 400, Disposition.FATAL),
+    ],
+)
+def test_classification(code: str, status: int, disposition: Disposition) -> None:
+    """Every STS error code maps to how the refresher reacts."""
+    assert classify(code, status) is disposition
+
+
+def test_explain_missing_provider() -> None:
+    """No OIDC provider: the hint says which issuer to register in which account."""
+    claims = TokenClaims("https://token.actions.githubusercontent.com", "repo:o/r", ("sts",), None)
+    hint = explain(
+        "InvalidIdentityToken",
+        "No OpenIDConnect provider found in your account for https://x",
+        ROLE.role_arn,
+        claims,
+    )
+    assert hint is not None
+    assert "123456789012 has no IAM OIDC identity provider" in hint
+    assert "token.actions.githubusercontent.com" in hint
