@@ -85,6 +85,10 @@ class EmulatorThread:
     def calls(self, action: str = "AssumeRoleWithWebIdentity") -> int:
         return int(self._call("GET", "/_emulator/stats")["calls"].get(action, 0))
 
+    def last_subject(self) -> str | None:
+        subject = self._call("GET", "/_emulator/stats")["last_subject"]
+        return None if subject is None else str(subject)
+
 
 def clean_aws_env(**extra: str) -> dict[str, str]:
     """The current environment minus anything that could point an SDK elsewhere."""
@@ -162,6 +166,16 @@ class DaemonProcess:
             if event.get("event") == name:
                 return event
         raise AssertionError(f"no {name!r} event; daemon output:\n{self.output}")
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """Every logged event called ``name`` so far (wait_event consumes; this does not)."""
+        found = []
+        for line in list(self.lines):
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                if event.get("event") == name:
+                    found.append(event)
+        return found
 
     @property
     def output(self) -> str:

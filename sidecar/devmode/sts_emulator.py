@@ -94,6 +94,7 @@ class StsEmulator:
         self.sessions: dict[str, Session] = {}
         self.faults: list[Fault] = []
         self.calls: Counter[str] = Counter()
+        self.last_subject: str | None = None  # of the last accepted web-identity token
         self._release = asyncio.Event()  # set when faults are cleared: hung calls return
 
     def trust_issuer(self, issuer_url: str, key: RSAPublicKey) -> None:
@@ -131,7 +132,13 @@ class StsEmulator:
         return web.json_response({"faults": 0})
 
     async def _stats(self, _: web.Request) -> web.Response:
-        return web.json_response({"calls": dict(self.calls), "sessions": len(self.sessions)})
+        return web.json_response(
+            {
+                "calls": dict(self.calls),
+                "sessions": len(self.sessions),
+                "last_subject": self.last_subject,
+            }
+        )
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -281,6 +288,7 @@ class StsEmulator:
         claims = self._verify_token(str(params.get("WebIdentityToken", "")))
         role_arn, session_name, duration = self._role_params(params, 3600)
         session = self._issue(role_arn, session_name, lifetime or duration)
+        self.last_subject = str(claims["sub"])
         return (
             f"<SubjectFromWebIdentityToken>{escape(str(claims['sub']))}"
             f"</SubjectFromWebIdentityToken><Audience>{escape(self.audience)}</Audience>"
