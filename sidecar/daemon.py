@@ -1,8 +1,9 @@
 """The daemon: builds every part from a ``Config``, owns them, and tears them down.
 
-One owner for every long-lived resource, in start order (STS client, refresher task,
-HTTP listener) and reverse stop order, so SIGTERM stops listening first, lets in-flight
-requests finish, then stops refreshing and closes the STS client.
+One owner for every long-lived resource, in start order (STS client, HTTP client for
+token endpoints, one refresher task per role, HTTP listener) and reverse stop order, so
+SIGTERM stops listening first, lets in-flight requests finish, then stops refreshing and
+closes the clients.
 """
 
 from __future__ import annotations
@@ -10,21 +11,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from sidecar import __version__
 from sidecar.auth import AuthToken, ensure_token_file, loose_permissions
+from sidecar.chain import ChainExchanger
 from sidecar.clock import Clock, SystemClock
 from sidecar.config import Config, config_warnings
 from sidecar.metrics import Metrics
 from sidecar.refresher import Refresher
-from sidecar.server import CREDENTIALS_PATH, create_app
-from sidecar.sts import StsClient, WebIdentityExchanger
-from sidecar.tokens import FileTokenSource
+from sidecar.server import CREDENTIALS_PATH, RoleEndpoint, create_app
+from sidecar.sts import StsClient
+from sidecar.tokens import build_token_source
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +41,13 @@ SHUTDOWN_GRACE = 3.0
 class Running:
     """What a started daemon tells its caller."""
 
+    #: ``http://host:port/v1/credentials``: the default role; ``/<name>`` for any role.
     url: str
-    refresher: Refresher
+    refreshers: Mapping[str, Refresher]
     auth_token_file: str | None
 
 
-def load_auth(config: Config, clock: Clock) -> AuthToken | None:
-    path = config.server.auth_token_file
-    if path is None:
-        return None
+def load_auth(path: Path, clock: Clock) -> AuthToken:
     if ensure_token_file(path):
         log.info(
             "generated a new auth token in %s (mode 0600)",
@@ -60,37 +63,55 @@ def load_auth(config: Config, clock: Clock) -> AuthToken | None:
     return AuthToken(path, clock.monotonic)
 
 
-def _url(host: str, port: int) -> str:
+def _base_url(host: str, port: int) -> str:
     shown = f"[{host}]" if ":" in host else host
     return f"http://{shown}:{port}{CREDENTIALS_PATH}"
 
 
 @contextlib.asynccontextmanager
 async def running_daemon(
-    config: Config, clock: Clock | None = None, registry: CollectorRegistry | None = None
+    config: Config,
+    clock: Clock | None = None,
+    registry: CollectorRegistry | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Running]:
     """Start everything; on exit, stop it all in reverse order."""
     clock = clock or SystemClock()
     metrics = Metrics(registry or CollectorRegistry())
     for warning in config_warnings(config):
         log.warning(warning, extra={"event": "config_warning"})
-    auth = load_auth(config, clock)
+    server_auth = (
+        load_auth(config.server.auth_token_file, clock) if config.server.auth_token_file else None
+    )
 
     async with contextlib.AsyncExitStack() as stack:
         sts = await stack.enter_async_context(
             StsClient(config.sts, config.refresh.attempt_timeout, metrics)
         )
-        exchanger = WebIdentityExchanger(
-            config.role, FileTokenSource(config.role.token_file, clock), sts
-        )
-        refresher = Refresher(
-            "default", exchanger, config.role.duration, config.refresh, clock, metrics
-        )
-        task = asyncio.create_task(refresher.run(), name="refresher:default")
-        stack.push_async_callback(_cancel, task)
+        http = None
+        if any(role.token.kind == "github" for role in config.roles):
+            http = await stack.enter_async_context(aiohttp.ClientSession(trust_env=True))
+
+        endpoints: dict[str, RoleEndpoint] = {}
+        for role in config.roles:
+            auth = load_auth(role.auth_token_file, clock) if role.auth_token_file else server_auth
+            tokens = build_token_source(
+                role.token, clock, http, environ if environ is not None else os.environ
+            )
+            refresher = Refresher(
+                role.name,
+                ChainExchanger(role, tokens, sts, clock),
+                role.duration,
+                config.refresh,
+                clock,
+                metrics,
+            )
+            task = asyncio.create_task(refresher.run(), name=f"refresher:{role.name}")
+            stack.push_async_callback(_cancel, task)
+            endpoints[role.name] = RoleEndpoint(refresher, auth)
 
         runner = web.AppRunner(
-            create_app(refresher, auth, metrics, config.refresh.cold_start_wait),
+            create_app(endpoints, config.default_role, metrics, config.refresh.cold_start_wait),
             handle_signals=False,
             access_log=None,
             shutdown_timeout=SHUTDOWN_GRACE,
@@ -100,21 +121,27 @@ async def running_daemon(
         site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True)
         await site.start()
         host, port = runner.addresses[0][:2]
-        url = _url(host, port)
+        base = _base_url(host, port)
+        roles = {r.name: r.role_arn for r in config.roles}
         log.info(
-            "credential-sidecar %s serving %s on %s",
+            "credential-sidecar %s serving %d role(s) on %s",
             __version__,
-            config.role.role_arn,
-            url,
+            len(roles),
+            base,
             extra={
                 "event": "started",
-                "url": url,
-                "role_arn": config.role.role_arn,
+                "url": base,
+                "roles": roles,
+                "default_role": config.default_role,
                 "sts_endpoint": sts.endpoint,
-                "auth_required": auth is not None,
+                "auth_required": all(e.auth is not None for e in endpoints.values()),
             },
         )
-        yield Running(url, refresher, str(auth.path) if auth else None)
+        yield Running(
+            base,
+            {n: e.refresher for n, e in endpoints.items()},
+            str(server_auth.path) if server_auth else None,
+        )
         log.info("stopping: no longer accepting connections", extra={"event": "stopping"})
     log.info("stopped", extra={"event": "stopped"})
 

@@ -4,9 +4,11 @@
     ├── ConfigError               bad configuration; lists every problem at once (exit 2)
     ├── AuthTokenError            the endpoint's auth token file is unusable
     ├── TokenError                the web-identity token cannot be read or is unusable
-    └── ExchangeError             an STS call failed
-        └── StsError              STS answered with an error code (or did not answer);
-                                  ``disposition`` says how the refresher should react
+    │   └── TokenExpiredError     ...because its exp has passed
+    └── ExchangeError             an STS call failed or returned unusable credentials
+        ├── StsError              STS answered with an error code (or did not answer);
+        │                         ``disposition`` says how the refresher should react
+        └── AccountNotAllowedError  credentials for an account outside allowed_accounts
 
 An error knows how it should be treated (``Disposition``) so that no caller has to
 re-derive it from strings: the refresher asks ``error.disposition`` and the server asks
@@ -60,12 +62,20 @@ class AuthTokenError(SidecarError):
 
 
 class TokenError(SidecarError):
-    """The web-identity token is missing, unreadable, not a JWT, or expired.
+    """The web-identity token is missing, unreadable, not a JWT, expired or for another audience.
 
-    Retryable: a projected token file is rewritten by the kubelet, so the next read may work.
+    Retryable by default: a projected token file is rewritten by the kubelet, so the next
+    read may work. A wrong audience or an expired token that nothing can renew (an
+    environment variable) needs an operator: ``Disposition.FATAL``.
     """
 
-    disposition = Disposition.RETRY
+    def __init__(self, message: str, disposition: Disposition = Disposition.RETRY) -> None:
+        super().__init__(message)
+        self.disposition = disposition
+
+
+class TokenExpiredError(TokenError):
+    """The token's ``exp`` has passed (beyond STS's clock-skew allowance)."""
 
 
 class ExchangeError(SidecarError):
@@ -98,3 +108,9 @@ class StsError(ExchangeError):
     @property
     def code(self) -> str:
         return self.error_code
+
+
+class AccountNotAllowedError(ExchangeError):
+    """STS returned credentials for an account the role's allow-list does not contain."""
+
+    disposition = Disposition.FATAL

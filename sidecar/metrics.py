@@ -87,8 +87,8 @@ class Metrics:
         )
         self.requests = Counter(
             f"{PREFIX}_http_requests",
-            "Requests to the credentials endpoint by route and status",
-            ["route", "status"],
+            "HTTP requests by route, role and status",
+            ["route", "role", "status"],
             registry=registry,
         )
         self._roles = _RoleCollector()

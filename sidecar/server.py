@@ -1,16 +1,19 @@
-"""The HTTP side: container-credentials endpoint, health, readiness, metrics.
+"""The HTTP side: container-credentials endpoints, health, readiness, metrics.
 
+``/v1/credentials`` serves the default role, ``/v1/credentials/<name>`` any role; each
+role is opened only by its own auth token (or the server-wide one when it has none).
 Handlers only read memory: a request never waits on STS, except for a bounded wait
-(``cold_start_wait`` < 1 s) while the very first credentials are being fetched. Every
-error is JSON with both spellings of its keys, because Go and Java read ``code``/``message``
-and the JavaScript SDK reads ``Code``/``Message``.
+(``cold_start_wait`` < 1 s) while a role's very first credentials are being fetched.
+Every error is JSON with both spellings of its keys, because Go and Java read
+``code``/``message`` and the JavaScript SDK reads ``Code``/``Message``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -26,7 +29,15 @@ _JSON = "application/json"
 _NO_STORE = {"Cache-Control": "no-store"}
 
 METRICS = web.AppKey("metrics", Metrics)
+ROLE = web.RequestKey("role", str)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class RoleEndpoint:
+    refresher: Refresher
+    #: None only with --insecure-no-auth for a role without its own token.
+    auth: AuthToken | None
 
 
 def error_response(
@@ -41,39 +52,48 @@ def error_response(
     )
 
 
-def _route_label(request: web.Request) -> str:
-    resource = request.match_info.route.resource
-    canonical = resource.canonical if resource is not None else ""
-    return canonical if canonical else "unmatched"
-
-
 @web.middleware
 async def _json_errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
-    metrics: Metrics = request.app[METRICS]
     try:
         response = await handler(request)
     except web.HTTPException as exc:
         # aiohttp's own 404/405: answer in JSON like everything else, never redirect.
         response = error_response(exc.status, exc.reason.replace(" ", ""), exc.reason)
-    metrics.requests.labels(_route_label(request), str(response.status)).inc()
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    role = request.get(ROLE, "")
+    request.app[METRICS].requests.labels(route, role, str(response.status)).inc()
     return response
 
 
 class CredentialsHandler:
-    """``GET /v1/credentials``: the role's current snapshot, or a JSON error."""
+    """``GET /v1/credentials[/<role>]``: the role's current snapshot, or a JSON error."""
 
-    def __init__(self, refresher: Refresher, auth: AuthToken | None, cold_start_wait: float):
-        self._refresher = refresher
-        self._auth = auth
+    def __init__(
+        self, endpoints: Mapping[str, RoleEndpoint], default: str | None, cold_start_wait: float
+    ) -> None:
+        self._endpoints = endpoints
+        self._default = default
         self._cold_start_wait = cold_start_wait
 
     async def handle(self, request: web.Request) -> web.Response:
-        if self._auth is not None:
+        name = request.match_info.get("role", self._default)
+        endpoint = self._endpoints.get(name) if name is not None else None
+        if endpoint is None:
+            if name is None:
+                return error_response(
+                    404,
+                    "NoDefaultRole",
+                    "no default role is configured: use /v1/credentials/<role>",
+                )
+            return error_response(404, "UnknownRole", f"no role named {name!r} is configured")
+        request[ROLE] = name
+        if endpoint.auth is not None:
             presented = request.headers.get("Authorization")
             if presented is None:
                 log.warning(
                     "refused credentials request without Authorization header",
-                    extra={"event": "auth_missing", "remote": request.remote},
+                    extra={"event": "auth_missing", "role": name, "remote": request.remote},
                 )
                 return error_response(
                     401,
@@ -81,30 +101,33 @@ class CredentialsHandler:
                     "send the auth token in the Authorization header "
                     "(set AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE)",
                 )
-            if not self._auth.check(presented):
+            if not endpoint.auth.check(presented):
                 log.warning(
                     "refused credentials request with a wrong auth token",
-                    extra={"event": "auth_denied", "remote": request.remote},
+                    extra={"event": "auth_denied", "role": name, "remote": request.remote},
                 )
                 return error_response(
                     403,
                     "AccessDenied",
-                    "the Authorization header does not match the auth token file",
+                    f"the Authorization header does not match the auth token of role {name}",
                 )
-        snap = await self._refresher.wait_servable(self._cold_start_wait)
+        snap = await endpoint.refresher.wait_servable(self._cold_start_wait)
         if snap is None:
             return error_response(
                 503,
                 "CredentialsUnavailable",
-                f"no valid credentials for role {self._refresher.name} yet; "
-                "the daemon keeps retrying STS (see its log and /readyz)",
+                f"no valid credentials for role {name} yet; the daemon keeps retrying STS "
+                "(see its log and /readyz)",
                 headers={"Retry-After": "1"},
             )
         return web.Response(body=snap.body, content_type=_JSON, headers=_NO_STORE)
 
 
 def create_app(
-    refresher: Refresher, auth: AuthToken | None, metrics: Metrics, cold_start_wait: float
+    endpoints: Mapping[str, RoleEndpoint],
+    default: str | None,
+    metrics: Metrics,
+    cold_start_wait: float,
 ) -> web.Application:
     app = web.Application(middlewares=[_json_errors_and_metrics])
     app[METRICS] = metrics
@@ -112,31 +135,36 @@ def create_app(
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
-    async def readyz(_: web.Request) -> web.Response:
-        status = refresher.status()
+    async def readyz(request: web.Request) -> web.Response:
+        """200 while every role (or the one named) holds valid credentials."""
+        only = request.match_info.get("role")
+        if only is not None and only not in endpoints:
+            return error_response(404, "UnknownRole", f"no role named {only!r} is configured")
+        statuses = [e.refresher.status() for n, e in endpoints.items() if only in (None, n)]
+        ready = all(s.ready for s in statuses)
         body = {
-            "ready": status.ready,
+            "ready": ready,
             "roles": {
-                status.role: {
-                    "ready": status.ready,
-                    "seconds_until_expiry": status.seconds_until_expiry,
-                    "consecutive_failures": status.consecutive_failures,
+                s.role: {
+                    "ready": s.ready,
+                    "seconds_until_expiry": s.seconds_until_expiry,
+                    "consecutive_failures": s.consecutive_failures,
                 }
+                for s in statuses
             },
         }
-        return web.json_response(body, status=200 if status.ready else 503)
+        return web.json_response(body, status=200 if ready else 503)
 
     async def metrics_view(_: web.Request) -> web.Response:
         response = web.Response(body=generate_latest(metrics.registry))
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response
 
-    app.router.add_get(
-        CREDENTIALS_PATH,
-        CredentialsHandler(refresher, auth, cold_start_wait).handle,
-        allow_head=False,
-    )
+    credentials = CredentialsHandler(endpoints, default, cold_start_wait).handle
+    app.router.add_get(CREDENTIALS_PATH, credentials, allow_head=False)
+    app.router.add_get(CREDENTIALS_PATH + "/{role}", credentials, allow_head=False)
     app.router.add_get("/healthz", healthz, allow_head=False)
     app.router.add_get("/readyz", readyz, allow_head=False)
+    app.router.add_get("/readyz/{role}", readyz, allow_head=False)
     app.router.add_get("/metrics", metrics_view, allow_head=False)
     return app

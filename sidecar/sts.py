@@ -1,4 +1,4 @@
-"""The STS side: one long-lived aiobotocore client, and the web-identity exchange.
+"""The STS side: one aiobotocore session, an unsigned client, and the calls we make.
 
 The client is unsigned (``AssumeRoleWithWebIdentity`` needs no credentials), so botocore
 never walks its credential chain, which would otherwise find our own users' env vars or
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -21,20 +21,21 @@ from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from sidecar import __version__
-from sidecar.config import RoleConfig, StsConfig
+from sidecar.config import HopConfig, StsConfig
 from sidecar.credentials import Credentials
-from sidecar.diagnosis import classify, explain
+from sidecar.diagnosis import classify
 from sidecar.errors import StsError
 from sidecar.metrics import Metrics
-from sidecar.tokens import TokenClaims, TokenSource
-
-log = logging.getLogger(__name__)
 
 
 class Exchanger(Protocol):
     """Produces a fresh set of credentials for one role; raises ``SidecarError``."""
 
     async def exchange(self) -> Credentials: ...
+
+
+#: Given an STS error code and message, the likely cause and fix (or None).
+Hint = Callable[[str, str], str | None]
 
 
 def _credentials(response: dict[str, Any], role_arn: str) -> Credentials:
@@ -53,33 +54,42 @@ def _credentials(response: dict[str, Any], role_arn: str) -> Credentials:
 
 
 class StsClient:
-    """Owns the aiobotocore STS client; use as ``async with StsClient(...) as sts``."""
+    """Owns the aiobotocore session and the unsigned STS client.
+
+    Use as ``async with StsClient(...) as sts``. ``assume_role`` signs with the caller's
+    credentials through a short-lived client of the same session (chained hops refresh
+    rarely, so a client per call costs nothing that matters).
+    """
 
     def __init__(self, config: StsConfig, timeout: float, metrics: Metrics) -> None:
         self._config = config
         self._timeout = timeout
         self._metrics = metrics
         self._stack = contextlib.AsyncExitStack()
+        self._session = AioSession()
         self._client: Any = None
 
-    async def __aenter__(self) -> StsClient:
-        session = AioSession()
-        session.set_config_variable("sts_regional_endpoints", self._config.regional_endpoints)
-        boto_config = BotoConfig(
-            signature_version=UNSIGNED,
+    def _boto_config(self, signed: bool) -> BotoConfig:
+        return BotoConfig(
+            signature_version=None if signed else UNSIGNED,
             retries={"total_max_attempts": 1, "mode": "standard"},
             connect_timeout=self._timeout,
             read_timeout=self._timeout,
             user_agent_appid=f"credential-sidecar-{__version__}",
         )
-        self._client = await self._stack.enter_async_context(
-            session.create_client(
-                "sts",
-                region_name=self._config.region,
-                endpoint_url=self._config.endpoint_url,
-                config=boto_config,
-            )
+
+    def _create_client(self, **credentials: str) -> Any:
+        return self._session.create_client(
+            "sts",
+            region_name=self._config.region,
+            endpoint_url=self._config.endpoint_url,
+            config=self._boto_config(signed=bool(credentials)),
+            **credentials,
         )
+
+    async def __aenter__(self) -> StsClient:
+        self._session.set_config_variable("sts_regional_endpoints", self._config.regional_endpoints)
+        self._client = await self._stack.enter_async_context(self._create_client())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -90,32 +100,72 @@ class StsClient:
         return str(self._client.meta.endpoint_url)
 
     async def assume_role_with_web_identity(
-        self, role: RoleConfig, token: str, claims: TokenClaims | None
+        self, hop: HopConfig, session_name: str, token: str, hint: Hint
     ) -> Credentials:
-        operation = "AssumeRoleWithWebIdentity"
+        params: dict[str, Any] = {
+            "RoleArn": hop.role_arn,
+            "RoleSessionName": session_name,
+            "WebIdentityToken": token,
+            "DurationSeconds": hop.duration,
+        }
+        params.update(_policy_params(hop))
+
+        async def call() -> Any:
+            return await self._client.assume_role_with_web_identity(**params)
+
+        response = await self._call("AssumeRoleWithWebIdentity", call, hint)
+        return _credentials(response, hop.role_arn)
+
+    async def assume_role(
+        self,
+        hop: HopConfig,
+        session_name: str,
+        source_identity: str | None,
+        caller: Credentials,
+        hint: Hint,
+    ) -> Credentials:
+        params: dict[str, Any] = {
+            "RoleArn": hop.role_arn,
+            "RoleSessionName": session_name,
+            "DurationSeconds": hop.duration,
+        }
+        params.update(_policy_params(hop))
+        if hop.external_id is not None:
+            params["ExternalId"] = hop.external_id
+        if hop.tags:
+            params["Tags"] = [{"Key": k, "Value": v} for k, v in hop.tags]
+        if hop.transitive_tag_keys:
+            params["TransitiveTagKeys"] = list(hop.transitive_tag_keys)
+        if source_identity is not None:
+            params["SourceIdentity"] = source_identity
+
+        async def call() -> Any:
+            async with self._create_client(
+                aws_access_key_id=caller.access_key_id,
+                aws_secret_access_key=caller.secret_access_key,
+                aws_session_token=caller.session_token,
+            ) as client:
+                return await client.assume_role(**params)
+
+        response = await self._call("AssumeRole", call, hint)
+        return _credentials(response, hop.role_arn)
+
+    async def _call(self, operation: str, call: Callable[[], Awaitable[Any]], hint: Hint) -> Any:
+        """Run one STS call under the attempt timeout; map every failure to ``StsError``."""
         started = time.perf_counter()
         outcome = "error"
         try:
             async with asyncio.timeout(self._timeout):
-                response = await self._client.assume_role_with_web_identity(
-                    RoleArn=role.role_arn,
-                    RoleSessionName=role.session_name,
-                    WebIdentityToken=token,
-                    DurationSeconds=role.duration,
-                )
+                response = await call()
             outcome = "success"
+            return response
         except ClientError as exc:
             error = exc.response.get("Error", {})
             code = str(error.get("Code") or "Unknown")
             message = str(error.get("Message") or "")
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             raise StsError(
-                operation,
-                code,
-                message,
-                classify(code, status),
-                status,
-                explain(code, message, role.role_arn, claims),
+                operation, code, message, classify(code, status), status, hint(code, message)
             ) from None
         except TimeoutError:
             raise StsError(
@@ -133,31 +183,12 @@ class StsClient:
             self._metrics.sts_latency.labels(operation, outcome).observe(
                 time.perf_counter() - started
             )
-        return _credentials(response, role.role_arn)
 
 
-class WebIdentityExchanger:
-    """One role: read a fresh token, exchange it, log who we became."""
-
-    def __init__(self, role: RoleConfig, tokens: TokenSource, sts: StsClient) -> None:
-        self.role = role
-        self._tokens = tokens
-        self._sts = sts
-        self._last_claims: TokenClaims | None = None
-
-    async def exchange(self) -> Credentials:
-        token = await self._tokens.fetch()
-        if token.claims != self._last_claims:
-            log.info(
-                "using web-identity token from %s",
-                token.origin,
-                extra={
-                    "event": "token_read",
-                    "iss": token.claims.issuer,
-                    "sub": token.claims.subject,
-                    "aud": ",".join(token.claims.audience),
-                    "exp": token.claims.expires_text,
-                },
-            )
-            self._last_claims = token.claims
-        return await self._sts.assume_role_with_web_identity(self.role, token.value, token.claims)
+def _policy_params(hop: HopConfig) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if hop.policy is not None:
+        params["Policy"] = hop.policy
+    if hop.policy_arns:
+        params["PolicyArns"] = [{"arn": arn} for arn in hop.policy_arns]
+    return params

@@ -1,39 +1,58 @@
 """Where web-identity tokens come from, and what we can tell about them before STS does.
 
-A ``TokenSource`` produces a fresh token for every exchange attempt. The file source
-re-reads its file each time, which is what a Kubernetes projected token (rewritten by the
-kubelet at 80% of its lifetime through a ``..data`` symlink swap) requires.
+A ``TokenSource`` produces a token for every exchange attempt:
+
+* ``FileTokenSource`` re-reads its file each time (a Kubernetes projected token is
+  rewritten by the kubelet at 80% of its lifetime through a ``..data`` symlink swap);
+* ``GithubTokenSource`` mints a fresh GitHub Actions token each time (they live ~5 min);
+* ``EnvTokenSource`` reads a variable that cannot be renewed (GitLab, CircleCI, Bitbucket):
+  it warns ahead of ``exp`` and fails clearly after it;
+* ``CommandTokenSource`` runs a program (no shell) and reads the token from its stdout.
 
 Claims are decoded *without* verifying the signature (STS does that): only to fail fast
-with a clear message on an expired or malformed token, and to log who we claim to be.
+with a clear message on an expired, malformed or wrongly addressed token, and to log who
+we claim to be (never the token).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import quote
 
+import aiohttp
 import jwt
 
 from sidecar.clock import Clock
+from sidecar.config import TokenSourceConfig
 from sidecar.credentials import format_expiration
-from sidecar.errors import TokenError
+from sidecar.errors import Disposition, TokenError, TokenExpiredError
+
+log = logging.getLogger(__name__)
 
 #: STS accepts a token up to about this long past its ``exp`` (clock skew allowance).
 STS_EXP_LEEWAY = 300
+#: Environment tokens: warn this long before they expire.
+ENV_TOKEN_WARNING = 600
 
 
 @dataclass(frozen=True)
 class TokenClaims:
-    """The claims worth logging and checking; never the token itself."""
+    """The claims worth logging and checking, and the rest for session-name templates."""
 
     issuer: str
     subject: str
     audience: tuple[str, ...]
     expires_at: datetime | None
+    other: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def expires_text(self) -> str:
@@ -48,7 +67,7 @@ class TokenClaims:
 class WebIdentityToken:
     value: str = field(repr=False)
     claims: TokenClaims
-    #: Where it came from, for error messages ("file /var/run/...").
+    #: Where it came from, for error messages ("token file /var/run/...").
     origin: str
 
 
@@ -58,7 +77,9 @@ class TokenSource(Protocol):
         ...
 
 
-def inspect_token(value: str, origin: str, now: datetime) -> TokenClaims:
+def inspect_token(
+    value: str, origin: str, now: datetime, audience: str | None = None
+) -> TokenClaims:
     """Decode claims without verification; reject what STS would certainly reject."""
     try:
         payload: dict[str, Any] = jwt.decode(
@@ -71,32 +92,55 @@ def inspect_token(value: str, origin: str, now: datetime) -> TokenClaims:
             "(three base64url parts separated by dots)"
         ) from None
     aud = payload.get("aud", ())
-    audience = (aud,) if isinstance(aud, str) else tuple(str(a) for a in aud)
+    audiences = (aud,) if isinstance(aud, str) else tuple(str(a) for a in aud)
     exp = payload.get("exp")
     expires_at = datetime.fromtimestamp(exp, UTC) if isinstance(exp, int | float) else None
     claims = TokenClaims(
         issuer=str(payload.get("iss", "")),
         subject=str(payload.get("sub", "")),
-        audience=audience,
+        audience=audiences,
         expires_at=expires_at,
+        other=payload,
     )
     if expires_at is not None:
         overdue = (now - expires_at).total_seconds()
         if overdue > STS_EXP_LEEWAY:
-            raise TokenError(
-                f"{origin} holds a token that expired at {format_expiration(expires_at)} "
+            raise TokenExpiredError(
+                f"{origin} holds a token that expired at {claims.expires_text} "
                 f"({overdue:.0f}s ago); whatever writes it (kubelet, CI agent) has stopped "
                 "renewing it"
             )
+    if audience and audience not in audiences:
+        raise TokenError(
+            f"{origin} holds a token for audience {','.join(audiences) or '(none)'}, but STS "
+            f"is expected to see {audience}: request the token for audience {audience} "
+            "(Kubernetes: serviceAccountToken.audience; GitLab: id_tokens.<name>.aud) or "
+            "change --audience to match the IAM OIDC provider's client ID",
+            Disposition.FATAL,
+        )
     return claims
+
+
+def _from_text(raw: bytes | str, origin: str) -> str:
+    try:
+        text = raw.decode("ascii") if isinstance(raw, bytes) else raw
+        text.encode("ascii")
+    except (UnicodeDecodeError, UnicodeEncodeError):
+        raise TokenError(f"{origin} is not ASCII text, so it is not a JWT") from None
+    # JWTs never contain whitespace; a trailing newline from `echo` is harmless here.
+    value = text.strip()
+    if not value:
+        raise TokenError(f"{origin} is empty")
+    return value
 
 
 class FileTokenSource:
     """A token file re-read on every fetch."""
 
-    def __init__(self, path: Path, clock: Clock) -> None:
+    def __init__(self, path: Path, clock: Clock, audience: str | None = None) -> None:
         self.path = path
         self._clock = clock
+        self._audience = audience
 
     def __repr__(self) -> str:
         return f"FileTokenSource({str(self.path)!r})"
@@ -109,12 +153,173 @@ class FileTokenSource:
             raise TokenError(f"{origin} does not exist (is the volume mounted?)") from None
         except OSError as exc:
             raise TokenError(f"{origin} cannot be read: {exc.strerror}") from None
-        try:
-            # JWTs never contain whitespace; a trailing newline from `echo` is harmless here.
-            value = raw.decode("ascii").strip()
-        except UnicodeDecodeError:
-            raise TokenError(f"{origin} is not ASCII text, so it is not a JWT") from None
-        if not value:
-            raise TokenError(f"{origin} is empty (is it still being written?)")
-        claims = inspect_token(value, origin, self._clock.now())
+        value = _from_text(raw, origin)
+        claims = inspect_token(value, origin, self._clock.now(), self._audience)
         return WebIdentityToken(value=value, claims=claims, origin=origin)
+
+
+class EnvTokenSource:
+    """A token in an environment variable: read once at startup, never renewed."""
+
+    def __init__(
+        self, name: str, environ: Mapping[str, str], clock: Clock, audience: str | None = None
+    ) -> None:
+        self.name = name
+        self._value = environ.get(name, "")
+        self._clock = clock
+        self._audience = audience
+        self._warned = False
+
+    def __repr__(self) -> str:
+        return f"EnvTokenSource({self.name!r})"
+
+    async def fetch(self) -> WebIdentityToken:
+        origin = f"environment variable {self.name}"
+        value = _from_text(self._value, origin)
+        now = self._clock.now()
+        try:
+            claims = inspect_token(value, origin, now, self._audience)
+        except TokenExpiredError as exc:
+            raise TokenExpiredError(
+                f"{exc}. A token in an environment variable cannot be renewed: restart "
+                "with a new one, or use a source that can (--token-file, --token-command, "
+                "--token-source github)",
+                Disposition.FATAL,
+            ) from None
+        if claims.expires_at is not None and not self._warned:
+            left = (claims.expires_at - now).total_seconds()
+            if left < ENV_TOKEN_WARNING:
+                self._warned = True
+                log.warning(
+                    "the token in %s expires at %s (in %.0fs) and cannot be renewed; "
+                    "credentials stop refreshing after that",
+                    self.name,
+                    claims.expires_text,
+                    left,
+                    extra={"event": "token_expiring", "source": origin},
+                )
+        return WebIdentityToken(value=value, claims=claims, origin=origin)
+
+
+class CommandTokenSource:
+    """Runs ``argv`` (no shell) for every fetch; stdout is the token."""
+
+    def __init__(
+        self, argv: tuple[str, ...], timeout: float, clock: Clock, audience: str | None = None
+    ) -> None:
+        self.argv = argv
+        self._timeout = timeout
+        self._clock = clock
+        self._audience = audience
+
+    def __repr__(self) -> str:
+        return f"CommandTokenSource({self.argv[0]!r})"
+
+    async def fetch(self) -> WebIdentityToken:
+        origin = f"token command {self.argv[0]}"
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as exc:
+            raise TokenError(f"{origin} cannot be started: {exc.strerror or exc}") from None
+        try:
+            async with asyncio.timeout(self._timeout):
+                stdout, stderr = await proc.communicate()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise TokenError(f"{origin} did not finish within {self._timeout:g}s") from None
+        except asyncio.CancelledError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            raise
+        if proc.returncode != 0:
+            detail = stderr.decode(errors="replace").strip()[-300:]
+            raise TokenError(
+                f"{origin} exited with status {proc.returncode}: {detail or '(no error output)'}"
+            )
+        value = _from_text(stdout, origin)
+        claims = inspect_token(value, origin, self._clock.now(), self._audience)
+        return WebIdentityToken(value=value, claims=claims, origin=origin)
+
+
+class GithubTokenSource:
+    """Mints a GitHub Actions OIDC token for every fetch (they live about 5 minutes)."""
+
+    def __init__(
+        self,
+        url: str,
+        request_token: str,
+        audience: str,
+        clock: Clock,
+        session: aiohttp.ClientSession,
+        timeout: float = 10,
+    ) -> None:
+        separator = "&" if "?" in url else "?"
+        self._url = f"{url}{separator}audience={quote(audience, safe='')}"
+        self._request_token = request_token
+        self._audience = audience
+        self._clock = clock
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+
+    def __repr__(self) -> str:
+        return "GithubTokenSource(<ACTIONS_ID_TOKEN_REQUEST_URL>)"
+
+    async def fetch(self) -> WebIdentityToken:
+        origin = "GitHub Actions OIDC token endpoint"
+        headers = {"Authorization": f"Bearer {self._request_token}", "Accept": "application/json"}
+        try:
+            async with self._session.get(
+                self._url, headers=headers, timeout=self._timeout
+            ) as response:
+                body = await response.read()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise TokenError(f"{origin} unreachable: {type(exc).__name__}: {exc}") from None
+        if status != 200:
+            disposition = Disposition.RETRY if status >= 500 or status == 429 else Disposition.FATAL
+            hint = (
+                " (does the job have `permissions: id-token: write`?)"
+                if status in (401, 403)
+                else ""
+            )
+            raise TokenError(f"{origin} answered HTTP {status}{hint}", disposition)
+        try:
+            value = json.loads(body)["value"]
+        except (ValueError, KeyError, TypeError):
+            raise TokenError(f'{origin} answered without a JSON "value" field') from None
+        value = _from_text(str(value), origin)
+        claims = inspect_token(value, origin, self._clock.now(), self._audience)
+        return WebIdentityToken(value=value, claims=claims, origin=origin)
+
+
+def build_token_source(
+    config: TokenSourceConfig,
+    clock: Clock,
+    session: aiohttp.ClientSession | None,
+    environ: Mapping[str, str] | None = None,
+) -> TokenSource:
+    """The token source a role's configuration describes."""
+    audience = config.audience
+    if config.kind == "env":
+        assert config.env_var is not None
+        return EnvTokenSource(
+            config.env_var, environ if environ is not None else os.environ, clock, audience
+        )
+    if config.kind == "command":
+        return CommandTokenSource(config.command, config.command_timeout, clock, audience)
+    if config.kind == "github":
+        assert config.github_url
+        assert config.github_token is not None
+        assert session is not None
+        return GithubTokenSource(
+            config.github_url, config.github_token.reveal(), audience, clock, session
+        )
+    assert config.path is not None
+    return FileTokenSource(config.path, clock, audience)

@@ -31,10 +31,14 @@ def base_env(token_file: Path, **extra: str) -> dict[str, str]:
 def test_sdk_environment_is_enough(token_file: Path) -> None:
     """The AWS SDK's own variables configure a working daemon with safe defaults."""
     config = load_config({}, base_env(token_file, AWS_REGION="eu-west-1"))
-    assert config.role.role_arn == ROLE
-    assert config.role.token_file == token_file
-    assert config.role.duration == 3600
-    assert config.role.session_name.startswith("credential-sidecar-")
+    (role,) = config.roles
+    assert config.default_role == role.name == "default"
+    assert role.role_arn == ROLE
+    assert role.token.kind == "file"
+    assert role.token.path == token_file
+    assert role.duration == 3600
+    assert role.hops[0].session_name is None
+    assert role.default_session_name.startswith("credential-sidecar-")
     assert config.sts.region == "eu-west-1"
     assert (config.server.host, config.server.port) == ("127.0.0.1", 9911)
     assert config.server.insecure_no_auth is False
@@ -62,7 +66,7 @@ def test_dev_overrides_sit_between_flags_and_env(token_file: Path) -> None:
     env = base_env(token_file, AWS_REGION="eu-west-1")
     config = load_config({"role_arn": ROLE}, env, overrides)
     assert config.sts.region == "us-east-1"
-    assert config.role.role_arn == ROLE
+    assert config.roles[0].role_arn == ROLE
 
 
 def test_sts_endpoint_from_sdk_variables(token_file: Path) -> None:
@@ -139,7 +143,7 @@ def test_bad_durations(text: str) -> None:
 
 def test_duration_with_suffix(token_file: Path) -> None:
     """--duration 2h means 7200 seconds."""
-    assert load_config({"duration": "2h"}, base_env(token_file)).role.duration == 7200
+    assert load_config({"duration": "2h"}, base_env(token_file)).roles[0].duration == 7200
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from sidecar.config import RefreshPolicy
 from sidecar.errors import Disposition, StsError
 from sidecar.metrics import Metrics
 from sidecar.refresher import Refresher
-from sidecar.server import create_app
+from sidecar.server import RoleEndpoint, create_app
 from tests.fakes import FakeClock, FakeExchanger, settle
 
 TOKEN = "t0ken-for-tests-0123456789abcdef"
@@ -49,9 +49,8 @@ async def harness(
     )
     token_path = tmp_path / "auth"
     token_path.write_text(TOKEN)
-    app = create_app(
-        refresher, AuthToken(token_path, time.monotonic) if auth else None, metrics, cold_start_wait
-    )
+    endpoint = RoleEndpoint(refresher, AuthToken(token_path, time.monotonic) if auth else None)
+    app = create_app({"default": endpoint}, "default", metrics, cold_start_wait)
     client = TestClient(TestServer(app, host="127.0.0.1"))
     await client.start_server()
     return Harness(client, refresher, exchanger, clock, asyncio.create_task(refresher.run()))
@@ -180,10 +179,10 @@ async def test_metrics(ready: Harness) -> None:
         in text
     )
     assert (
-        'credential_sidecar_http_requests_total{route="/v1/credentials",status="200"} 1.0' in text
+        'credential_sidecar_http_requests_total{role="default",route="/v1/credentials",status="200"} 1.0' in text
     )
     assert (
-        'credential_sidecar_http_requests_total{route="/v1/credentials",status="401"} 1.0' in text
+        'credential_sidecar_http_requests_total{role="default",route="/v1/credentials",status="401"} 1.0' in text
     )
     assert 'credential_sidecar_ready{role="default"} 1.0' in text
     assert 'credential_sidecar_credentials_expiry_seconds{role="default"} 3600.0' in text

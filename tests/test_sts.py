@@ -8,16 +8,17 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from sidecar.clock import SystemClock
-from sidecar.config import RoleConfig, StsConfig
+from sidecar.chain import ChainExchanger
+from sidecar.config import HopConfig, RoleConfig, StsConfig, TokenSourceConfig
 from sidecar.credentials import Credentials
 from sidecar.diagnosis import classify, explain
 from sidecar.errors import Disposition, StsError
 from sidecar.metrics import Metrics
-from sidecar.sts import StsClient, WebIdentityExchanger
+from sidecar.sts import StsClient
 from sidecar.tokens import FileTokenSource, TokenClaims
 from tests.peers import EmulatorThread
 
-ROLE = RoleConfig("arn:aws:iam::123456789012:role/ci", Path("unused"), "sess", 3600)
+ROLE_ARN = "arn:aws:iam::123456789012:role/ci"
 
 
 async def exchange(
@@ -29,18 +30,19 @@ async def exchange(
 ) -> Credentials:
     path = tmp_path / "token"
     path.write_text(token)
-    role = RoleConfig(ROLE.role_arn, path, ROLE.session_name, ROLE.duration)
+    role = RoleConfig("default", TokenSourceConfig("file", path=path),
+                      (HopConfig(ROLE_ARN, 3600, "sess"),))
     config = StsConfig("us-east-1", endpoint or emulator.url, "regional")
+    clock = SystemClock()
     async with StsClient(config, timeout, Metrics(CollectorRegistry())) as sts:
-        return await WebIdentityExchanger(
-            role, FileTokenSource(path, SystemClock()), sts
-        ).exchange()
+        tokens = FileTokenSource(path, clock)
+        return await ChainExchanger(role, tokens, sts, clock).exchange()
 
 
 async def test_exchange_returns_credentials(emulator: EmulatorThread, tmp_path: Path) -> None:
     """A web-identity exchange yields credentials for the role with an aware expiry."""
     creds = await exchange(emulator, tmp_path, emulator.issuer.mint())
-    assert creds.role_arn == ROLE.role_arn
+    assert creds.role_arn == ROLE_ARN
     assert creds.assumed_role_arn.endswith("assumed-role/ci/sess")
     assert creds.expiration.tzinfo is not None
 
@@ -133,7 +135,7 @@ def test_explain_missing_provider() -> None:
     hint = explain(
         "InvalidIdentityToken",
         "No OpenIDConnect provider found in your account for https://x",
-        ROLE.role_arn,
+        ROLE_ARN,
         claims,
     )
     assert hint is not None

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import aiohttp
 
+from sidecar.devmode.issuer import OidcIssuer
 from sidecar.devmode.token_writer import ProjectedTokenWriter
 from tests.peers import DaemonProcess, EmulatorThread, daemon, http_get
 
@@ -106,7 +107,9 @@ def test_throttling_at_startup(emulator: EmulatorThread, tmp_path: Path) -> None
         assert status(process, "/readyz") == 503
         time.sleep(1.5)
         attempts = emulator.calls() - before
-        assert 2 <= attempts <= 12  # backoff 100ms..500ms, not a tight loop
+        # Backoff: full jitter up to 100ms * 2^n (cap 500ms) with a 50ms floor, so at most
+        # one attempt per 50ms however the dice fall; a tight loop would make hundreds.
+        assert 2 <= attempts <= 1.5 / 0.05 + 1
         emulator.clear_faults()
         recovered_at = time.monotonic()
         process.wait_event("exchanged", timeout=5)
@@ -165,18 +168,45 @@ def test_outage_past_expiry(emulator: EmulatorThread, tmp_path: Path) -> None:
 
 
 def test_rejected_token_then_fixed(emulator: EmulatorThread, tmp_path: Path) -> None:
-    """A token with the wrong audience: not ready, the error names the fix; recovers once fixed."""
-    token_file = write_token(emulator, tmp_path, audience="https://gitlab.example")
+    """A token STS rejects (bad signature): not ready, clear error; recovers once fixed."""
+    forger = OidcIssuer(emulator.issuer.url)  # same issuer URL, wrong signing key
+    token_file = tmp_path / "token"
+    token_file.write_text(forger.mint("repo:org/app"))
     args = args_for(emulator, token_file, tmp_path, "--slow-retry", "300ms")
     with daemon(args) as process:
         failed = process.wait_event("refresh_failed")
         assert failed["error_code"] == "InvalidIdentityToken"
-        assert "the token's aud is https://gitlab.example" in failed["msg"]
+        assert "signature" in failed["msg"].lower()
         assert status(process, "/readyz") == 503
-        write_token(emulator, tmp_path)  # the operator fixes the audience
+        write_token(emulator, tmp_path)  # the operator fixes the token
         process.wait_event("exchanged", timeout=10)
         assert status(process, "/readyz") == 200
         assert process.events("recovered")
+
+
+def test_audience_rejected_by_sts_is_explained(emulator: EmulatorThread,
+                                               tmp_path: Path) -> None:
+    """STS refuses the token's audience: the log names the aud and the provider to fix."""
+    token_file = write_token(emulator, tmp_path, audience="https://gitlab.example")
+    args = args_for(emulator, token_file, tmp_path, "--audience", "https://gitlab.example")
+    with daemon(args) as process:
+        failed = process.wait_event("refresh_failed")
+    assert failed["error_code"] == "InvalidIdentityToken"
+    assert "the token's aud is https://gitlab.example" in failed["msg"]
+    assert "must list it as an audience" in failed["msg"]
+
+
+def test_audience_is_checked_before_sts(emulator: EmulatorThread, tmp_path: Path) -> None:
+    """A token for another audience is refused without calling STS, naming the fix."""
+    token_file = write_token(emulator, tmp_path, audience="https://gitlab.example")
+    before = emulator.calls()
+    with daemon(args_for(emulator, token_file, tmp_path)) as process:
+        failed = process.wait_event("refresh_failed")
+        assert status(process, "/readyz") == 503
+    assert failed["error_code"] == "TokenError"
+    assert "audience https://gitlab.example" in failed["msg"]
+    assert "--audience" in failed["msg"]
+    assert emulator.calls() == before
 
 
 def test_kubelet_rotation_is_used(emulator: EmulatorThread, tmp_path: Path) -> None:
