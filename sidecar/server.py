@@ -29,7 +29,7 @@ _JSON = "application/json"
 _NO_STORE = {"Cache-Control": "no-store"}
 
 METRICS = web.AppKey("metrics", Metrics)
-ROLE = web.RequestKey("role", str)
+ROLE: web.RequestKey[str] = web.RequestKey("role", str)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -78,14 +78,12 @@ class CredentialsHandler:
 
     async def handle(self, request: web.Request) -> web.Response:
         name = request.match_info.get("role", self._default)
-        endpoint = self._endpoints.get(name) if name is not None else None
+        if name is None:
+            return error_response(
+                404, "NoDefaultRole", "no default role is configured: use /v1/credentials/<role>"
+            )
+        endpoint = self._endpoints.get(name)
         if endpoint is None:
-            if name is None:
-                return error_response(
-                    404,
-                    "NoDefaultRole",
-                    "no default role is configured: use /v1/credentials/<role>",
-                )
             return error_response(404, "UnknownRole", f"no role named {name!r} is configured")
         request[ROLE] = name
         if endpoint.auth is not None:

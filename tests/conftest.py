@@ -1,10 +1,11 @@
-"""Shared fixtures: the STS emulator peer."""
+"""Shared fixtures: the STS emulator peer and moto's STS server."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import pytest
+from moto.server import ThreadedMotoServer
 
 from tests.peers import EmulatorThread
 
@@ -21,3 +22,13 @@ def emulator(sts_emulator: EmulatorThread) -> Iterator[EmulatorThread]:
     sts_emulator.clear_faults()
     yield sts_emulator
     sts_emulator.clear_faults()
+
+
+@pytest.fixture(scope="session")
+def moto_sts() -> Iterator[str]:
+    """moto's server on a free loopback port: a real STS implementation we did not write."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()

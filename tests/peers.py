@@ -85,9 +85,16 @@ class EmulatorThread:
     def calls(self, action: str = "AssumeRoleWithWebIdentity") -> int:
         return int(self._call("GET", "/_emulator/stats")["calls"].get(action, 0))
 
+    def stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = self._call("GET", "/_emulator/stats")
+        return stats
+
     def last_subject(self) -> str | None:
-        subject = self._call("GET", "/_emulator/stats")["last_subject"]
+        subject = self.stats()["last_subject"]
         return None if subject is None else str(subject)
+
+    def last_params(self, action: str) -> dict[str, str]:
+        return dict(self.stats()["last_params"].get(action, {}))
 
 
 def clean_aws_env(**extra: str) -> dict[str, str]:

@@ -178,12 +178,9 @@ async def test_metrics(ready: Harness) -> None:
         'credential_sidecar_sts_exchanges_total{error_code="",result="success",role="default"} 1.0'
         in text
     )
-    assert (
-        'credential_sidecar_http_requests_total{role="default",route="/v1/credentials",status="200"} 1.0' in text
-    )
-    assert (
-        'credential_sidecar_http_requests_total{role="default",route="/v1/credentials",status="401"} 1.0' in text
-    )
+    requests = 'credential_sidecar_http_requests_total{role="default",route="/v1/credentials"'
+    assert requests + ',status="200"} 1.0' in text
+    assert requests + ',status="401"} 1.0' in text
     assert 'credential_sidecar_ready{role="default"} 1.0' in text
     assert 'credential_sidecar_credentials_expiry_seconds{role="default"} 3600.0' in text
     snap = ready.refresher.servable()

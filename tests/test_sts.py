@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from sidecar.clock import SystemClock
 from sidecar.chain import ChainExchanger
+from sidecar.clock import SystemClock
 from sidecar.config import HopConfig, RoleConfig, StsConfig, TokenSourceConfig
 from sidecar.credentials import Credentials
 from sidecar.diagnosis import classify, explain
@@ -30,8 +30,9 @@ async def exchange(
 ) -> Credentials:
     path = tmp_path / "token"
     path.write_text(token)
-    role = RoleConfig("default", TokenSourceConfig("file", path=path),
-                      (HopConfig(ROLE_ARN, 3600, "sess"),))
+    role = RoleConfig(
+        "default", TokenSourceConfig("file", path=path), (HopConfig(ROLE_ARN, 3600, "sess"),)
+    )
     config = StsConfig("us-east-1", endpoint or emulator.url, "regional")
     clock = SystemClock()
     async with StsClient(config, timeout, Metrics(CollectorRegistry())) as sts:

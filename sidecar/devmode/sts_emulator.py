@@ -95,6 +95,8 @@ class StsEmulator:
         self.faults: list[Fault] = []
         self.calls: Counter[str] = Counter()
         self.last_subject: str | None = None  # of the last accepted web-identity token
+        #: The parameters of the last call of each action (never the token itself).
+        self.last_params: dict[str, dict[str, str]] = {}
         self._release = asyncio.Event()  # set when faults are cleared: hung calls return
 
     def trust_issuer(self, issuer_url: str, key: RSAPublicKey) -> None:
@@ -137,6 +139,7 @@ class StsEmulator:
                 "calls": dict(self.calls),
                 "sessions": len(self.sessions),
                 "last_subject": self.last_subject,
+                "last_params": self.last_params,
             }
         )
 
@@ -147,6 +150,9 @@ class StsEmulator:
             params.update((await request.post()).items())  # type: ignore[arg-type]
         action = str(params.get("Action", ""))
         self.calls[action] += 1
+        self.last_params[action] = {
+            str(k): str(v) for k, v in params.items() if k != "WebIdentityToken"
+        }
         request_id = str(uuid.uuid4())
         try:
             lifetime = await self._apply_faults(action)

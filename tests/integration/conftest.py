@@ -1,15 +1,13 @@
-"""Integration peers: moto's STS server (third party) and the JavaScript SDK install."""
+"""Integration peers: the JavaScript SDK install; every test here is marked integration."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from moto.server import ThreadedMotoServer
 
 from tests.peers import REPO
 
@@ -20,16 +18,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "integration" in str(item.path):
             item.add_marker(pytest.mark.integration)
-
-
-@pytest.fixture(scope="session")
-def moto_sts() -> Iterator[str]:
-    """moto's server on a free loopback port: a real STS implementation we did not write."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -184,8 +184,7 @@ def test_rejected_token_then_fixed(emulator: EmulatorThread, tmp_path: Path) -> 
         assert process.events("recovered")
 
 
-def test_audience_rejected_by_sts_is_explained(emulator: EmulatorThread,
-                                               tmp_path: Path) -> None:
+def test_audience_rejected_by_sts_is_explained(emulator: EmulatorThread, tmp_path: Path) -> None:
     """STS refuses the token's audience: the log names the aud and the provider to fix."""
     token_file = write_token(emulator, tmp_path, audience="https://gitlab.example")
     args = args_for(emulator, token_file, tmp_path, "--audience", "https://gitlab.example")
