@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from moto.server import ThreadedMotoServer
@@ -14,6 +15,14 @@ from tests.peers import EmulatorThread
 def sts_emulator() -> Iterator[EmulatorThread]:
     with EmulatorThread() as emulator:
         yield emulator
+
+
+@pytest.fixture
+def token_file(tmp_path: Path) -> Path:
+    """A readable token file (its content only matters to tests that exchange it)."""
+    path = tmp_path / "token"
+    path.write_text("header.payload.signature")
+    return path
 
 
 @pytest.fixture

@@ -97,6 +97,28 @@ class EmulatorThread:
         return dict(self.stats()["last_params"].get(action, {}))
 
 
+ROLE_ARN = "arn:aws:iam::123456789012:role/ci"
+
+
+def emulator_args(
+    emulator: EmulatorThread, token_file: Path, auth_file: Path, *extra: str
+) -> list[str]:
+    """``serve`` arguments for one role exchanged with the emulator, on a free port."""
+    return [
+        "--role-arn",
+        ROLE_ARN,
+        "--token-file",
+        str(token_file),
+        "--sts-endpoint",
+        emulator.url,
+        "--auth-token-file",
+        str(auth_file),
+        "--listen",
+        "127.0.0.1:0",
+        *extra,
+    ]
+
+
 def clean_aws_env(**extra: str) -> dict[str, str]:
     """The current environment minus anything that could point an SDK elsewhere."""
     env = {
@@ -187,6 +209,10 @@ class DaemonProcess:
     @property
     def output(self) -> str:
         return "".join(self.stdout_lines) + "".join(self.lines)
+
+    def auth_token(self) -> str:
+        """The token in the daemon's --auth-token-file (the daemon may have generated it)."""
+        return Path(self.args[self.args.index("--auth-token-file") + 1]).read_text()
 
     @property
     def base(self) -> str:

@@ -12,13 +12,6 @@ from sidecar.errors import ConfigError
 ROLE = "arn:aws:iam::123456789012:role/ci"
 
 
-@pytest.fixture
-def token_file(tmp_path: Path) -> Path:
-    path = tmp_path / "token"
-    path.write_text("header.payload.signature")
-    return path
-
-
 def base_env(token_file: Path, **extra: str) -> dict[str, str]:
     return {
         "AWS_ROLE_ARN": ROLE,

@@ -12,13 +12,6 @@ from sidecar.errors import ConfigError
 A = "arn:aws:iam::123456789012:role/"
 
 
-@pytest.fixture
-def token_file(tmp_path: Path) -> Path:
-    path = tmp_path / "token"
-    path.write_text("header.payload.signature")
-    return path
-
-
 def from_file(tmp_path: Path, text: str, **env: str) -> Config:
     path = tmp_path / "sidecar.toml"
     path.write_text(text)

@@ -14,28 +14,21 @@ from pathlib import Path
 
 import pytest
 
-from tests.peers import DaemonProcess, EmulatorThread, clean_aws_env, daemon, http_get
-
-ROLE = "arn:aws:iam::123456789012:role/ci"
+from tests.peers import (
+    DaemonProcess,
+    EmulatorThread,
+    clean_aws_env,
+    daemon,
+    emulator_args,
+    http_get,
+)
 
 
 def upstream_args(emulator: EmulatorThread, tmp_path: Path, *extra: str) -> list[str]:
     token_file = tmp_path / "token"
     if not token_file.exists():
         token_file.write_text(emulator.issuer.mint("repo:org/app"))
-    return [
-        "--role-arn",
-        ROLE,
-        "--token-file",
-        str(token_file),
-        "--sts-endpoint",
-        emulator.url,
-        "--auth-token-file",
-        str(tmp_path / "auth-token"),
-        "--listen",
-        "127.0.0.1:0",
-        *extra,
-    ]
+    return emulator_args(emulator, token_file, tmp_path / "auth-token", *extra)
 
 
 def test_bad_configuration_exits_2_listing_every_problem(tmp_path: Path) -> None:

@@ -17,31 +17,12 @@ import aiohttp
 
 from sidecar.devmode.issuer import OidcIssuer
 from sidecar.devmode.token_writer import ProjectedTokenWriter
-from tests.peers import DaemonProcess, EmulatorThread, daemon, http_get
-
-ROLE = "arn:aws:iam::123456789012:role/ci"
+from tests.peers import DaemonProcess, EmulatorThread, daemon, emulator_args, http_get
 
 
 def args_for(emulator: EmulatorThread, token_file: Path, tmp_path: Path, *extra: str) -> list[str]:
-    return [
-        "--role-arn",
-        ROLE,
-        "--token-file",
-        str(token_file),
-        "--sts-endpoint",
-        emulator.url,
-        "--auth-token-file",
-        str(tmp_path / "auth-token"),
-        "--listen",
-        "127.0.0.1:0",
-        "--retry-base",
-        "100ms",
-        "--retry-cap",
-        "500ms",
-        "--attempt-timeout",
-        "2s",
-        *extra,
-    ]
+    fast_retries = ["--retry-base", "100ms", "--retry-cap", "500ms", "--attempt-timeout", "2s"]
+    return emulator_args(emulator, token_file, tmp_path / "auth-token", *fast_retries, *extra)
 
 
 def write_token(
@@ -60,13 +41,12 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10, what: str = "
 
 
 def status(process: DaemonProcess, path: str = "/v1/credentials") -> int:
-    token = (Path(process.args[process.args.index("--auth-token-file") + 1])).read_text()
-    return http_get(process.base + path, token if path == "/v1/credentials" else None)[0]
+    token = process.auth_token() if path == "/v1/credentials" else None
+    return http_get(process.base + path, token)[0]
 
 
 def fetch(process: DaemonProcess) -> tuple[int, dict[str, str]]:
-    token = Path(process.args[process.args.index("--auth-token-file") + 1]).read_text()
-    code, _, body = http_get(process.url, token)
+    code, _, body = http_get(process.url, process.auth_token())
     return code, json.loads(body)
 
 
