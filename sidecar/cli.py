@@ -17,7 +17,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from sidecar import __version__
-from sidecar.config import SETTINGS, SETTINGS_BY_NAME, load_config, resolve_raw
+from sidecar.config import SETTINGS, SETTINGS_BY_NAME, load_config, resolve_raw, truthy
 from sidecar.daemon import Running, running_daemon
 from sidecar.devmode.environment import DevEnvironment, dev_environment
 from sidecar.errors import AuthTokenError, ConfigError
@@ -93,7 +93,7 @@ async def serve(flags: Mapping[str, str | None], environ: Mapping[str, str]) -> 
     async with contextlib.AsyncExitStack() as stack:
         dev: DevEnvironment | None = None
         overrides = None
-        if raw["dev"][0] not in (None, "", "0", "false"):
+        if truthy(raw["dev"][0]):
             dev = await stack.enter_async_context(dev_environment())
             overrides = dev.overrides(raw["auth_token_file"][0])
         try:

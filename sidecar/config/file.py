@@ -39,17 +39,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from sidecar.config import (
+from sidecar.config.checks import Checker, check_accounts_of
+from sidecar.config.model import HopConfig, RoleConfig
+from sidecar.config.settings import (
     POLICY_ARN,
     ROLE_NAME,
     ROLE_SETTINGS,
     SETTINGS_BY_NAME,
     TOKEN_SETTINGS,
-    Checker,
-    HopConfig,
     Raw,
-    RoleConfig,
-    check_accounts_of,
     default_session_name,
 )
 

@@ -1,0 +1,189 @@
+"""Value checks that collect every problem instead of stopping at the first."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import string
+from collections.abc import Mapping
+from pathlib import Path
+
+from sidecar.config.model import RoleConfig, TokenSourceConfig
+from sidecar.config.settings import (
+    ACCOUNT_ID,
+    CHAINED_MAX_DURATION,
+    CI_TOKEN_VARIABLES,
+    DEFAULT_AUDIENCE,
+    MAX_DURATION,
+    MIN_DURATION,
+    ROLE_ARN,
+    SESSION_NAME,
+    TOKEN_SOURCES,
+    Raw,
+    is_template,
+    parse_seconds,
+)
+from sidecar.secret import Secret
+
+
+class Checker:
+    """Collects problems instead of raising at the first, so all are reported together."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+        self.notes: list[str] = []
+
+    def add(self, problem: str) -> None:
+        self.problems.append(problem)
+
+    def role_arn(self, value: str, where: str) -> str:
+        if not ROLE_ARN.match(value):
+            self.add(
+                f"{where}={value!r} is not an IAM role ARN: "
+                "expected arn:aws:iam::<12-digit account>:role/<name>"
+            )
+        return value
+
+    def seconds(self, value: str | int | float, where: str, low: float, high: float) -> float:
+        text = str(value)
+        try:
+            result = parse_seconds(text)
+        except ValueError:
+            self.add(f"{where}={text!r} is not a duration: use seconds or 500ms/90s/15m/1h")
+            return low
+        if not low <= result <= high:
+            self.add(f"{where}={text!r} must be between {low:g}s and {high:g}s")
+        return result
+
+    def duration(self, value: str | int, where: str, chained: bool) -> int:
+        text = str(value)
+        try:
+            seconds = int(parse_seconds(text))
+        except ValueError:
+            self.add(f"{where}={text!r} is not a duration: use 3600 or 1h")
+            return 3600
+        if not MIN_DURATION <= seconds <= MAX_DURATION:
+            self.add(
+                f"{where}={text!r} is outside STS's limits: "
+                f"use {MIN_DURATION}..{MAX_DURATION} seconds (15m..12h)"
+            )
+            return 3600
+        if chained and seconds > CHAINED_MAX_DURATION:
+            self.notes.append(
+                f"{where}={text!r}: STS caps chained AssumeRole sessions at 1 h; using 3600 s"
+            )
+            return CHAINED_MAX_DURATION
+        return seconds
+
+    def session_name(self, value: str, where: str) -> str:
+        if is_template(value):
+            try:
+                fields = [f for _, f, _, _ in string.Formatter().parse(value) if f]
+            except ValueError as exc:
+                self.add(f"{where}={value!r} is not a valid template ({exc}): use {{claim}}")
+                return value
+            if any(not re.fullmatch(r"[\w-]+", f) for f in fields):
+                self.add(
+                    f"{where}={value!r}: template fields must be plain claim names "
+                    "like {sub} or {repository}"
+                )
+        elif not SESSION_NAME.match(value):
+            self.add(
+                f"{where}={value!r} is not a valid RoleSessionName: "
+                "use 2-64 characters of letters, digits and _+=,.@-"
+            )
+        return value
+
+    def accounts(self, values: tuple[str, ...], where: str) -> tuple[str, ...]:
+        for account in values:
+            if not ACCOUNT_ID.match(account):
+                self.add(f"{where}: {account!r} is not a 12-digit AWS account id")
+        return values
+
+    def token_source(self, raw: Raw, environ: Mapping[str, str]) -> TokenSourceConfig:
+        """Where the web-identity token comes from: chosen, or detected when unambiguous."""
+        kind = (raw["token_source"][0] or "").lower()
+        path_text = raw["token_file"][0]
+        env_var = raw["token_env"][0]
+        command_text = raw["token_command"][0]
+        audience = raw["audience"][0] or DEFAULT_AUDIENCE
+        if not kind:
+            if path_text:
+                kind = "file"
+            elif command_text:
+                kind = "command"
+            elif env_var:
+                kind = "env"
+            elif environ.get("ACTIONS_ID_TOKEN_REQUEST_URL"):
+                kind = "github"
+            else:
+                present = [v for v in CI_TOKEN_VARIABLES if environ.get(v)]
+                if len(present) == 1:
+                    kind, env_var = "env", present[0]
+        if not kind:
+            self.add(
+                "no web-identity token: pass --token-file or set "
+                "AWS_WEB_IDENTITY_TOKEN_FILE (or --token-env, --token-command, "
+                "--token-source github)"
+            )
+            return TokenSourceConfig("file")
+        if kind not in TOKEN_SOURCES:
+            self.add(f"{raw['token_source'][1]}={kind!r} must be one of {', '.join(TOKEN_SOURCES)}")
+            return TokenSourceConfig("file")
+        timeout = self.seconds(
+            raw["token_command_timeout"][0] or "10s", raw["token_command_timeout"][1], 0.1, 600
+        )
+        if kind == "file":
+            if not path_text:
+                self.add("--token-source file needs --token-file (or AWS_WEB_IDENTITY_TOKEN_FILE)")
+                return TokenSourceConfig("file")
+            path = Path(path_text)
+            if not path.is_file() or not os.access(path, os.R_OK):
+                reason = "does not exist" if not path.exists() else "is not a readable file"
+                self.add(
+                    f"{raw['token_file'][1]}={path_text!r} {reason}: point it at the "
+                    "mounted OIDC token (e.g. /var/run/secrets/eks.amazonaws.com/"
+                    "serviceaccount/token)"
+                )
+            return TokenSourceConfig("file", audience, path=path)
+        if kind == "env":
+            if not env_var or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", env_var):
+                self.add(f"--token-source env needs --token-env NAME (got {env_var!r})")
+            elif not environ.get(env_var):
+                self.add(f"environment variable {env_var} (--token-env) is not set or empty")
+            return TokenSourceConfig("env", audience, env_var=env_var)
+        if kind == "command":
+            try:
+                argv = tuple(shlex.split(command_text or ""))
+            except ValueError as exc:
+                self.add(f"{raw['token_command'][1]}={command_text!r} cannot be split: {exc}")
+                argv = ()
+            if not argv:
+                self.add("--token-source command needs --token-command 'PROGRAM ARGS...'")
+            return TokenSourceConfig("command", audience, command=argv, command_timeout=timeout)
+        url = environ.get("ACTIONS_ID_TOKEN_REQUEST_URL", "")
+        request_token = environ.get("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "")
+        if not url or not request_token:
+            self.add(
+                "--token-source github needs ACTIONS_ID_TOKEN_REQUEST_URL and "
+                "ACTIONS_ID_TOKEN_REQUEST_TOKEN: give the job `permissions: id-token: "
+                "write`"
+            )
+        elif not url.startswith(("https://", "http://")):
+            self.add(f"ACTIONS_ID_TOKEN_REQUEST_URL={url!r} is not a URL")
+        return TokenSourceConfig(
+            "github", audience, github_url=url, github_token=Secret(request_token)
+        )
+
+
+def check_accounts_of(role: RoleConfig, check: Checker) -> None:
+    if not role.allowed_accounts:
+        return
+    for hop in role.hops:
+        account = hop.role_arn.split(":")[4] if hop.role_arn.count(":") >= 5 else ""
+        if account and account not in role.allowed_accounts:
+            check.add(
+                f"role {role.name}: {hop.role_arn} is in account {account}, which is not "
+                f"in allowed_accounts ({', '.join(role.allowed_accounts)})"
+            )

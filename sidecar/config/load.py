@@ -1,0 +1,222 @@
+"""``load_config``: flags, environment, dev mode and the config file into one ``Config``."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from sidecar.config import file as config_file
+from sidecar.config.checks import Checker, check_accounts_of
+from sidecar.config.model import (
+    Config,
+    HopConfig,
+    RefreshPolicy,
+    RoleConfig,
+    ServerConfig,
+    StsConfig,
+)
+from sidecar.config.settings import (
+    CHAINED_MAX_DURATION,
+    LOG_FORMATS,
+    LOG_LEVELS,
+    MAX_DURATION,
+    REGIONAL_ENDPOINTS,
+    ROLE_SETTINGS,
+    SDK_ALLOWED_HOSTS,
+    SETTINGS_BY_NAME,
+    Raw,
+    default_session_name,
+    parse_listen,
+    resolve_raw,
+    split_list,
+    truthy,
+)
+from sidecar.errors import ConfigError
+
+
+def load_config(
+    flags: Mapping[str, str | None],
+    environ: Mapping[str, str],
+    overrides: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the validated ``Config`` or raise one ``ConfigError`` listing every problem."""
+    check = Checker()
+    first = resolve_raw(flags, environ, overrides)
+    document = None
+    file_values: dict[str, str] = {}
+    config_path = first["config"][0]
+    if config_path:
+        document = config_file.read(Path(config_path), check)
+        file_values = config_file.settings(document, check) if document is not None else {}
+    raw = resolve_raw(flags, environ, overrides, file_values)
+
+    def value(name: str) -> str:
+        return raw[name][0] or ""
+
+    region = value("region")
+    if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d{1,2}", region):
+        check.add(f"{raw['region'][1]}={region!r} is not an AWS region like us-east-1")
+    endpoint = raw["sts_endpoint"][0]
+    if endpoint and not re.match(r"^https?://[^/\s]+", endpoint):
+        check.add(
+            f"{raw['sts_endpoint'][1]}={endpoint!r} is not a URL: expected https://host[:port]"
+        )
+    regional = value("sts_regional_endpoints").lower()
+    if regional not in REGIONAL_ENDPOINTS:
+        check.add(f"{raw['sts_regional_endpoints'][1]}={regional!r} must be regional or legacy")
+
+    host, port = "127.0.0.1", 0
+    try:
+        host, port = parse_listen(value("listen"))
+    except ValueError as exc:
+        check.add(
+            f"{raw['listen'][1]}={value('listen')!r} is not a listen address ({exc}): "
+            "use 127.0.0.1:9911, [::1]:9911 or 169.254.170.23:80"
+        )
+
+    auth_text = raw["auth_token_file"][0]
+    insecure = truthy(raw["insecure_no_auth"][0])
+    if auth_text and insecure:
+        check.add("--auth-token-file and --insecure-no-auth contradict each other: pick one")
+
+    log_format = value("log_format").lower()
+    if log_format not in LOG_FORMATS:
+        check.add(f"{raw['log_format'][1]}={log_format!r} must be text or json")
+    log_level = value("log_level").lower()
+    if log_level not in LOG_LEVELS:
+        check.add(f"{raw['log_level'][1]}={log_level!r} must be one of {', '.join(LOG_LEVELS)}")
+
+    ratio = -1.0
+    with contextlib.suppress(ValueError):
+        ratio = float(value("refresh_ahead_ratio"))
+    if not 0.05 <= ratio <= 0.75:
+        check.add(
+            f"{raw['refresh_ahead_ratio'][1]}={value('refresh_ahead_ratio')!r} must be "
+            "a number from 0.05 to 0.75"
+        )
+
+    def secs(name: str, low: float, high: float) -> float:
+        return check.seconds(value(name), raw[name][1], low, high)
+
+    policy = RefreshPolicy(
+        ahead_ratio=ratio,
+        ahead_min=secs("refresh_ahead_min", 0, MAX_DURATION),
+        safety_margin=secs("safety_margin", 0, 3600),
+        retry_base=secs("retry_base", 0.001, 3600),
+        retry_cap=secs("retry_cap", 0.001, 3600),
+        slow_retry=secs("slow_retry", 0.001, 86400),
+        attempt_timeout=secs("attempt_timeout", 0.1, 300),
+        cold_start_wait=secs("cold_start_wait", 0, 0.95),
+    )
+
+    if document is not None and config_file.declares_roles(document):
+        explicit = [
+            SETTINGS_BY_NAME[n].flag
+            for n in ROLE_SETTINGS
+            if raw[n][1] in (SETTINGS_BY_NAME[n].flag, *SETTINGS_BY_NAME[n].envs[:1])
+        ]
+        if explicit:
+            check.add(
+                f"{', '.join(explicit)} cannot be combined with the roles of "
+                f"{config_path}: declare the role in the file instead"
+            )
+        roles, default_role = config_file.roles(document, raw, environ, check)
+    else:
+        roles = (flag_role(raw, environ, check),)
+        default_role = "default"
+
+    if not auth_text and not insecure and any(r.auth_token_file is None for r in roles):
+        check.add(
+            "no auth token file: pass --auth-token-file PATH (created with a random "
+            "token if missing) or, to serve credentials to any local process, "
+            "--insecure-no-auth"
+        )
+
+    if check.problems:
+        raise ConfigError(check.problems)
+    return Config(
+        roles=roles,
+        default_role=default_role,
+        sts=StsConfig(region, endpoint, regional),
+        refresh=policy,
+        server=ServerConfig(host, port, Path(auth_text) if auth_text else None, insecure),
+        log_format=log_format,
+        log_level=log_level,
+        dev=truthy(raw["dev"][0]),
+        notes=tuple(check.notes),
+    )
+
+
+def flag_role(raw: Raw, environ: Mapping[str, str], check: Checker) -> RoleConfig:
+    """The single role described by flags and environment variables."""
+    role_arn = raw["role_arn"][0]
+    if not role_arn:
+        check.add(
+            "no role to assume: pass --role-arn or set AWS_ROLE_ARN "
+            "(arn:aws:iam::<12-digit account>:role/<name>), or try --dev"
+        )
+        role_arn = ""
+    else:
+        check.role_arn(role_arn, raw["role_arn"][1])
+    session = raw["session_name"][0]
+    if session:
+        check.session_name(session, raw["session_name"][1])
+    duration = check.duration(raw["duration"][0] or "3600", raw["duration"][1], chained=False)
+    hops = [HopConfig(role_arn, duration, session)]
+    for i, arn in enumerate(split_list(raw["chain"][0]), start=2):
+        check.role_arn(arn, f"{raw['chain'][1]} (hop {i})")
+        hops.append(HopConfig(arn, min(duration, CHAINED_MAX_DURATION)))
+    if len(hops) > 1 and duration > CHAINED_MAX_DURATION:
+        check.notes.append(
+            f"chained hops are capped at 1 h by STS; the first hop keeps "
+            f"{duration} s and is reused to re-run the chain"
+        )
+    accounts = check.accounts(split_list(raw["allowed_accounts"][0]), raw["allowed_accounts"][1])
+    role = RoleConfig(
+        name="default",
+        token=check.token_source(raw, environ),
+        hops=tuple(hops),
+        allowed_accounts=accounts,
+        default_session_name=default_session_name(),
+    )
+    check_accounts_of(role, check)
+    return role
+
+
+def config_warnings(config: Config) -> list[str]:
+    """Valid but risky choices, logged at startup."""
+    warnings = list(config.notes)
+    for role in config.roles:
+        duration = role.duration
+        ahead = config.refresh.refresh_ahead(duration)
+        if ahead < 30 * 60:
+            warnings.append(
+                f"role {role.name}: sessions of {duration}s can only be kept "
+                f"{ahead / 60:.0f} min from expiry (30+ min needs >= 1h). "
+                + (
+                    "With 900s sessions botocore/AWS CLI refetch credentials on nearly every call. "
+                    if duration <= 900
+                    else ""
+                )
+                + "Raise --duration (and the role's MaxSessionDuration) if you can."
+            )
+        if role.token.kind == "env":
+            warnings.append(
+                f"role {role.name}: the token in {role.token.env_var} cannot be renewed; "
+                "credentials stop refreshing once it expires"
+            )
+    if config.server.insecure_no_auth:
+        warnings.append(
+            "--insecure-no-auth: ANY process that can reach "
+            f"{config.server.host}:{config.server.port} gets AWS credentials"
+        )
+    host = config.server.host
+    if host not in SDK_ALLOWED_HOSTS and not host.startswith("127."):
+        warnings.append(
+            f"listening on {host}: AWS SDKs refuse plain-http container credentials from any "
+            "host but 127.0.0.0/8, [::1], localhost, 169.254.170.2 and 169.254.170.23; "
+            "clients must use a different route (see README, 'Reaching docker builds')"
+        )
+    return warnings

@@ -1,0 +1,124 @@
+"""The configuration as the daemon uses it: frozen dataclasses, built once by ``load``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sidecar.config.settings import DEFAULT_AUDIENCE
+from sidecar.secret import Secret
+
+
+@dataclass(frozen=True)
+class TokenSourceConfig:
+    kind: str
+    audience: str = DEFAULT_AUDIENCE
+    path: Path | None = None
+    env_var: str | None = None
+    command: tuple[str, ...] = ()
+    command_timeout: float = 10.0
+    github_url: str | None = None
+    github_token: Secret | None = None
+
+    def describe(self) -> str:
+        if self.kind == "file":
+            return f"file {self.path}"
+        if self.kind == "env":
+            return f"environment variable {self.env_var}"
+        if self.kind == "command":
+            return f"command {self.command[0] if self.command else '?'}"
+        return "GitHub Actions OIDC"
+
+
+@dataclass(frozen=True)
+class HopConfig:
+    """One step of a role chain: hop 1 is AssumeRoleWithWebIdentity, later hops AssumeRole."""
+
+    role_arn: str
+    duration: int = 3600
+    #: A RoleSessionName or a template (``{sub}``, ``{repository}``, ``{previous_session}``);
+    #: None: the default name for hop 1, the previous hop's session name after it.
+    session_name: str | None = None
+    external_id: str | None = field(default=None, repr=False)
+    policy: str | None = None
+    policy_arns: tuple[str, ...] = ()
+    tags: tuple[tuple[str, str], ...] = ()
+    transitive_tag_keys: tuple[str, ...] = ()
+    source_identity: str | None = None
+
+
+@dataclass(frozen=True)
+class RoleConfig:
+    name: str
+    token: TokenSourceConfig
+    hops: tuple[HopConfig, ...]
+    #: None: the server-wide auth token opens this role.
+    auth_token_file: Path | None = None
+    allowed_accounts: tuple[str, ...] = ()
+    default_session_name: str = "credential-sidecar"
+
+    @property
+    def role_arn(self) -> str:
+        return self.hops[-1].role_arn
+
+    @property
+    def duration(self) -> int:
+        return self.hops[-1].duration
+
+
+@dataclass(frozen=True)
+class StsConfig:
+    region: str
+    endpoint_url: str | None
+    regional_endpoints: str
+
+
+@dataclass(frozen=True)
+class RefreshPolicy:
+    """When to refresh, when to stop serving, how to retry. All durations in seconds."""
+
+    ahead_ratio: float = 0.25
+    ahead_min: float = 35 * 60
+    safety_margin: float = 120
+    retry_base: float = 1
+    retry_cap: float = 60
+    slow_retry: float = 300
+    attempt_timeout: float = 10
+    cold_start_wait: float = 0.8
+
+    def refresh_ahead(self, lifetime: float) -> float:
+        """Seconds before expiry at which a session of ``lifetime`` seconds is renewed.
+
+        Proportional to the lifetime so long sessions are not renewed needlessly, at least
+        ``ahead_min`` so SDKs (botocore refreshes below 15 min, mandatorily below 10) always
+        get comfortably long-lived credentials, and at most 3/4 of the lifetime so short
+        sessions are still used for a while: a 15 min session is renewed after ~4 min and
+        so always has > 10 min left.
+        """
+        return min(max(self.ahead_min, self.ahead_ratio * lifetime), 0.75 * lifetime)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str
+    port: int
+    auth_token_file: Path | None
+    insecure_no_auth: bool
+
+
+@dataclass(frozen=True)
+class Config:
+    roles: tuple[RoleConfig, ...]
+    #: The role served at /v1/credentials (None: only /v1/credentials/<name>).
+    default_role: str | None
+    sts: StsConfig
+    refresh: RefreshPolicy
+    server: ServerConfig
+    log_format: str
+    log_level: str
+    dev: bool
+    #: Valid but questionable choices, logged at startup.
+    notes: tuple[str, ...] = ()
+
+    def role(self, name: str) -> RoleConfig:
+        return next(r for r in self.roles if r.name == name)

@@ -1,0 +1,289 @@
+"""Every command-line setting, where its value may come from, and how raw values parse.
+
+Each setting has one entry in ``SETTINGS``: its flag, the environment variables that can
+provide it (our ``SIDECAR_*`` name first, then the AWS SDK's name so an existing
+web-identity setup works unchanged) and its default. ``resolve_raw`` picks each value by
+precedence, highest first:
+
+    flag > dev mode (serve --dev) > SIDECAR_* env > config file > AWS_* env > default
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
+POLICY_ARN = re.compile(r"^arn:aws[a-z-]*:iam::(\d{12}|aws):policy/[\w+=,.@/-]{1,512}$")
+SESSION_NAME = re.compile(r"^[\w+=,.@-]{2,64}$")
+ACCOUNT_ID = re.compile(r"^\d{12}$")
+ROLE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MIN_DURATION, MAX_DURATION, CHAINED_MAX_DURATION = 900, 43200, 3600
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+REGIONAL_ENDPOINTS = ("regional", "legacy")
+TOKEN_SOURCES = ("file", "github", "env", "command")
+DEFAULT_AUDIENCE = "sts.amazonaws.com"
+#: CI variables holding a ready token, auto-detected when exactly one is present.
+CI_TOKEN_VARIABLES = ("CIRCLE_OIDC_TOKEN_V2", "BITBUCKET_STEP_OIDC_TOKEN")
+
+#: Hosts the SDKs accept for plain-http container credentials (shared/sdk-contract.md).
+SDK_ALLOWED_HOSTS = ("127.0.0.1", "localhost", "::1", "169.254.170.2", "169.254.170.23")
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    flag: str
+    envs: tuple[str, ...]
+    default: str | None
+    help: str
+    is_switch: bool = False
+
+
+def _s(name: str, envs: tuple[str, ...], default: str | None, help: str, **kw: Any) -> Setting:
+    return Setting(name, "--" + name.replace("_", "-"), envs, default, help, **kw)
+
+
+SETTINGS: tuple[Setting, ...] = (
+    _s("config", ("SIDECAR_CONFIG",), None, "TOML file declaring several roles (see README)"),
+    _s(
+        "role_arn",
+        ("SIDECAR_ROLE_ARN", "AWS_ROLE_ARN"),
+        None,
+        "IAM role to assume with the web-identity token",
+    ),
+    _s(
+        "chain",
+        ("SIDECAR_CHAIN",),
+        None,
+        "comma-separated role ARNs to AssumeRole into, in order, after the first role",
+    ),
+    _s(
+        "token_source",
+        ("SIDECAR_TOKEN_SOURCE",),
+        None,
+        "file, github, env or command (default: detected from the other settings)",
+    ),
+    _s(
+        "token_file",
+        ("SIDECAR_TOKEN_FILE", "AWS_WEB_IDENTITY_TOKEN_FILE"),
+        None,
+        "file holding the OIDC token; re-read on every exchange",
+    ),
+    _s(
+        "token_env",
+        ("SIDECAR_TOKEN_ENV",),
+        None,
+        "name of an environment variable holding the token (GitLab id_tokens, ...)",
+    ),
+    _s(
+        "token_command",
+        ("SIDECAR_TOKEN_COMMAND",),
+        None,
+        "command printing a fresh token on stdout, split like a shell would, run without one",
+    ),
+    _s(
+        "token_command_timeout",
+        ("SIDECAR_TOKEN_COMMAND_TIMEOUT",),
+        "10s",
+        "how long the token command may run",
+    ),
+    _s(
+        "audience",
+        ("SIDECAR_AUDIENCE",),
+        DEFAULT_AUDIENCE,
+        "audience the token must carry (and that GitHub tokens are requested for)",
+    ),
+    _s(
+        "session_name",
+        ("SIDECAR_SESSION_NAME", "AWS_ROLE_SESSION_NAME"),
+        None,
+        "RoleSessionName or a template of token claims like {sub}; "
+        "default credential-sidecar-<host>",
+    ),
+    _s(
+        "duration",
+        ("SIDECAR_DURATION",),
+        "3600",
+        "session length: seconds or 15m/1h/12h, 900..43200",
+    ),
+    _s(
+        "allowed_accounts",
+        ("SIDECAR_ALLOWED_ACCOUNTS",),
+        None,
+        "comma-separated account ids; credentials for any other account are refused",
+    ),
+    _s("region", ("SIDECAR_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"), "us-east-1", "STS region"),
+    _s(
+        "sts_endpoint",
+        ("SIDECAR_STS_ENDPOINT", "AWS_ENDPOINT_URL_STS", "AWS_ENDPOINT_URL"),
+        None,
+        "custom STS endpoint URL (VPC endpoint, FIPS, emulator)",
+    ),
+    _s(
+        "sts_regional_endpoints",
+        ("SIDECAR_STS_REGIONAL_ENDPOINTS", "AWS_STS_REGIONAL_ENDPOINTS"),
+        "regional",
+        "regional or legacy STS endpoint resolution",
+    ),
+    _s(
+        "listen",
+        ("SIDECAR_LISTEN",),
+        "127.0.0.1:9911",
+        "HOST:PORT to serve on ([::1]:PORT for IPv6; port 0 picks a free one)",
+    ),
+    _s(
+        "auth_token_file",
+        ("SIDECAR_AUTH_TOKEN_FILE",),
+        None,
+        "file with the token clients must send; created (0600) if missing",
+    ),
+    _s(
+        "insecure_no_auth",
+        ("SIDECAR_INSECURE_NO_AUTH",),
+        None,
+        "serve credentials to ANY local caller without an auth token (not recommended)",
+        is_switch=True,
+    ),
+    _s("log_format", ("SIDECAR_LOG_FORMAT",), "text", "text or json"),
+    _s("log_level", ("SIDECAR_LOG_LEVEL",), "info", "debug, info, warning or error"),
+    _s(
+        "refresh_ahead_ratio",
+        ("SIDECAR_REFRESH_AHEAD_RATIO",),
+        "0.25",
+        "refresh when this fraction of the session's lifetime is left (0.05..0.75)",
+    ),
+    _s(
+        "refresh_ahead_min",
+        ("SIDECAR_REFRESH_AHEAD_MIN",),
+        "35m",
+        "...but never later than this long before expiry (capped at 3/4 of the lifetime)",
+    ),
+    _s(
+        "safety_margin",
+        ("SIDECAR_SAFETY_MARGIN",),
+        "2m",
+        "never serve credentials with less than this left",
+    ),
+    _s(
+        "retry_base",
+        ("SIDECAR_RETRY_BASE",),
+        "1s",
+        "first retry delay after a transient STS failure",
+    ),
+    _s(
+        "retry_cap",
+        ("SIDECAR_RETRY_CAP",),
+        "60s",
+        "longest delay between retries of transient failures",
+    ),
+    _s(
+        "slow_retry",
+        ("SIDECAR_SLOW_RETRY",),
+        "5m",
+        "delay between retries of errors that need an operator (AccessDenied, ...)",
+    ),
+    _s("attempt_timeout", ("SIDECAR_ATTEMPT_TIMEOUT",), "10s", "timeout of one STS call"),
+    _s(
+        "cold_start_wait",
+        ("SIDECAR_COLD_START_WAIT",),
+        "0.8s",
+        "how long a request waits for the first credentials before a 503 (< 1s)",
+    ),
+    _s(
+        "dev",
+        ("SIDECAR_DEV",),
+        None,
+        "dev mode: local OIDC issuer + STS emulator, no AWS account needed",
+        is_switch=True,
+    ),
+)
+SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
+#: Settings that describe the single flag/env role; a config file's roles replace them.
+ROLE_SETTINGS = ("role_arn", "chain", "session_name", "duration", "allowed_accounts")
+#: Settings that describe where the token comes from; a config file may set them too.
+TOKEN_SETTINGS = (
+    "token_source",
+    "token_file",
+    "token_env",
+    "token_command",
+    "token_command_timeout",
+    "audience",
+)
+
+
+Raw = dict[str, tuple[str | None, str]]
+
+
+def resolve_raw(
+    flags: Mapping[str, str | None],
+    environ: Mapping[str, str],
+    overrides: Mapping[str, str] | None = None,
+    file_values: Mapping[str, str] | None = None,
+) -> Raw:
+    """Each setting's raw value and where it came from (named in error messages)."""
+    raw: Raw = {}
+    for setting in SETTINGS:
+        candidates: list[tuple[str | None, str]] = [(flags.get(setting.name), setting.flag)]
+        if overrides:
+            candidates.append((overrides.get(setting.name), "dev mode"))
+        ours = [e for e in setting.envs if e.startswith("SIDECAR_")]
+        theirs = [e for e in setting.envs if not e.startswith("SIDECAR_")]
+        candidates += [(environ.get(e) or None, e) for e in ours]
+        if file_values:
+            candidates.append((file_values.get(setting.name), "config file"))
+        candidates += [(environ.get(e) or None, e) for e in theirs]
+        value, source = next(
+            ((v, s) for v, s in candidates if v is not None), (setting.default, "default")
+        )
+        raw[setting.name] = (value, source)
+    return raw
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_seconds(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``1h``, ``500ms`` -> seconds."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise ValueError(text)
+    return float(match.group(1)) * _UNIT[match.group(2)]
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``127.0.0.1:9911``, ``[::1]:9911``, ``localhost:0`` -> (host, port)."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ValueError("expected HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError("port must be 0..65535")
+    if host != "localhost":
+        ipaddress.ip_address(host)  # raises ValueError for names we cannot bind predictably
+    return host, port
+
+
+def split_list(text: str | None) -> tuple[str, ...]:
+    return tuple(part.strip() for part in (text or "").split(",") if part.strip())
+
+
+def truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def default_session_name() -> str:
+    host = re.sub(r"[^\w+=,.@-]", "-", socket.gethostname())
+    return f"credential-sidecar-{host}"[:64]
+
+
+def is_template(text: str) -> bool:
+    return "{" in text
