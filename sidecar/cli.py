@@ -115,6 +115,7 @@ async def serve(flags: Mapping[str, str | None], environ: Mapping[str, str]) -> 
                 file=sys.stderr,
             )
             return EXIT_LISTEN
+        loop.add_signal_handler(signal.SIGHUP, running.refresh_now)
         if dev is not None:
             print(dev_instructions(running, dev), flush=True)
         await stop.wait()

@@ -72,6 +72,7 @@ class Refresher:
         self._last_success: float | None = None
         self._inflight: asyncio.Future[Snapshot] | None = None
         self._updated = asyncio.Event()
+        self._wake = asyncio.Event()
         self.consecutive_failures = 0
         self._last_error_text: str | None = None
         self._same_code_failures = 0
@@ -251,4 +252,18 @@ class Refresher:
                 delay = self._record_failure(SidecarError(f"unexpected {type(exc).__name__}"))
             else:
                 delay = snap.refresh_at - self._clock.monotonic()
-            await self._clock.sleep(delay)
+            await self._pause(delay)
+
+    def refresh_soon(self) -> None:
+        """Cut the current wait short: refresh now (SIGHUP, after an operator fixed IAM)."""
+        self._wake.set()
+
+    async def _pause(self, delay: float) -> None:
+        sleeper = asyncio.ensure_future(self._clock.sleep(delay))
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waker.cancel()
+        self._wake.clear()

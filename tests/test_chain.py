@@ -176,3 +176,24 @@ def test_render() -> None:
     assert render("run-{run_id}", claims, None, "r") == "run-7"
     assert render("{previous_session}", claims, "me@example.com", "r") == "me@example.com"
     assert render("fixed-name", None, None, "r") == "fixed-name"
+
+
+async def test_clamped_chain_is_accepted_by_sts(emulator: EmulatorThread, token_path: Path) -> None:
+    """--duration 12h with --chain: the chained hop is clamped to 1 h, which STS accepts."""
+    from sidecar.config import load_config
+
+    config = load_config(
+        {
+            "role_arn": A + "ci",
+            "duration": "12h",
+            "chain": A + "narrow",
+            "token_file": str(token_path),
+            "insecure_no_auth": "1",
+        },
+        {},
+    )
+    hops = config.roles[0].hops
+    assert [h.duration for h in hops] == [43200, 3600]
+    (creds,) = await Exchange(emulator.url, token_path, hops)()
+    assert creds.assumed_role_arn.endswith(":assumed-role/narrow/sidecar")
+    assert emulator.last_params("AssumeRole")["DurationSeconds"] == "3600"

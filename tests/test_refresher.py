@@ -148,6 +148,19 @@ async def test_errors_needing_an_operator_retry_slowly(make: Factory) -> None:
     assert exchanger.calls == 2
 
 
+async def test_refresh_soon_cuts_the_wait_short(make: Factory) -> None:
+    """refresh_soon (SIGHUP) retries at once instead of at the slow pace."""
+    refresher, exchanger, clock = make([DENIED, 3600], policy=RefreshPolicy(slow_retry=300))
+    await settle()
+    assert exchanger.calls == 1
+    assert clock.next_wakeup() == pytest.approx(300)
+    refresher.refresh_soon()
+    await settle()
+    assert exchanger.calls == 2
+    assert refresher.ready
+    assert clock.next_wakeup() == pytest.approx(1500)  # back on the normal schedule
+
+
 async def test_invalid_identity_token_gets_a_few_quick_retries_then_slows(make: Factory) -> None:
     """InvalidIdentityToken may be a JWKS race: 3 quick retries, then the slow pace."""
     flaky = sts_error("InvalidIdentityToken", Disposition.RETRY)

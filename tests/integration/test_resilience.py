@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -162,6 +163,25 @@ def test_rejected_token_then_fixed(emulator: EmulatorThread, tmp_path: Path) -> 
         process.wait_event("exchanged", timeout=10)
         assert status(process, "/readyz") == 200
         assert process.events("recovered")
+
+
+def test_sighup_retries_at_once(emulator: EmulatorThread, tmp_path: Path) -> None:
+    """After AccessDenied the daemon waits at the slow pace; SIGHUP makes it retry now."""
+    emulator.add_fault(
+        error="AccessDenied",
+        status=403,
+        message="Not authorized to perform sts:AssumeRoleWithWebIdentity",
+    )
+    args = args_for(emulator, write_token(emulator, tmp_path), tmp_path, "--slow-retry", "1h")
+    with daemon(args) as process:
+        failed = process.wait_event("refresh_failed")
+        assert failed["retry_in_s"] == 3600
+        assert "trust policy" in failed["msg"]
+        emulator.clear_faults()  # the operator fixes the trust policy...
+        assert process.proc is not None
+        process.proc.send_signal(signal.SIGHUP)  # ...and tells the daemon
+        process.wait_event("exchanged", timeout=5)
+        assert status(process) == 200
 
 
 def test_audience_rejected_by_sts_is_explained(emulator: EmulatorThread, tmp_path: Path) -> None:
