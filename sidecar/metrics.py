@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -91,8 +92,18 @@ class Metrics:
             ["route", "role", "status"],
             registry=registry,
         )
+        # labels() takes a lock and builds a key on every call; the request path is hot and
+        # its label sets are few (routes x roles x statuses), so keep the children.
+        self._request_children: dict[tuple[str, str, int], Any] = {}
         self._roles = _RoleCollector()
         registry.register(self._roles)
+
+    def count_request(self, route: str, role: str, status: int) -> None:
+        key = (route, role, status)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.requests.labels(route, role, str(status))
+        child.inc()
 
     def watch_role(self, source: Callable[[], RoleStatus]) -> None:
         self._roles.sources.append(source)

@@ -62,7 +62,7 @@ async def _json_errors_and_metrics(request: web.Request, handler: Handler) -> we
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
     role = request.get(ROLE, "")
-    request.app[METRICS].requests.labels(route, role, str(response.status)).inc()
+    request.app[METRICS].count_request(route, role, response.status)
     return response
 
 

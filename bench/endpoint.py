@@ -1,0 +1,183 @@
+"""Benchmark: the credentials endpoint under load, as ratios against a reference server.
+
+The machine is shared and noisy, so absolute numbers drift; what is stable is how the
+daemon compares with a reference measured in the same run, alternately, on the same
+machine. The reference is the least any aiohttp server can do for this request: one
+handler returning the same bytes (same size, same Content-Type) with no auth, no
+metrics and no refresher.
+
+    python bench/endpoint.py [--seconds 5] [--rounds 3] [--connections 50]
+
+Needs wrk (`apt-get install wrk`). Traffic goes to 127.0.0.1 only; every run is bounded in
+time and stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+REFERENCE = """
+import sys
+from aiohttp import web
+body = open(sys.argv[1], "rb").read()
+async def handle(_):
+    return web.Response(body=body, content_type="application/json")
+app = web.Application()
+app.router.add_get("/v1/credentials", handle)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[2]), print=None, access_log=None)
+"""
+
+
+@dataclass
+class Result:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_http(url: str, token: str | None, timeout: float = 20) -> bytes:
+    deadline = time.monotonic() + timeout
+    while True:
+        request = urllib.request.Request(url)  # noqa: S310 - loopback
+        if token:
+            request.add_header("Authorization", token)
+        try:
+            with urllib.request.urlopen(request, timeout=1) as response:  # noqa: S310
+                if response.status == 200:
+                    return bytes(response.read())
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not answer 200")
+        time.sleep(0.1)
+
+
+@contextmanager
+def process(argv: list[str]) -> Iterator[subprocess.Popen[str]]:
+    proc = subprocess.Popen(
+        argv, cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    try:
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+
+
+def wrk(url: str, token: str | None, seconds: int, connections: int) -> Result:
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+    if token:
+        argv[1:1] = ["-H", f"Authorization: {token}"]
+    out = subprocess.run(
+        argv, capture_output=True, text=True, check=True, timeout=seconds + 30
+    ).stdout
+
+    def latency(label: str) -> float:
+        match = re.search(rf"{label}%\s+([\d.]+)(us|ms|s)", out)
+        if not match:
+            raise RuntimeError(f"no {label}th percentile in wrk output:\n{out}")
+        scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[match.group(2)]
+        return float(match.group(1)) * scale
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return Result(rps, latency("50"), latency("99"), int(bad.group(1)) if bad else 0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=50)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install wrk")
+
+    port = free_port()
+    daemon_argv = [
+        sys.executable,
+        "-m",
+        "sidecar",
+        "serve",
+        "--dev",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--log-level",
+        "error",
+    ]
+    with process(daemon_argv) as daemon:
+        assert daemon.stdout is not None
+        env_lines = [daemon.stdout.readline() for _ in range(6)]
+        token_file = next(
+            line.split("=", 1)[1].strip()
+            for line in env_lines
+            if "AUTHORIZATION_TOKEN_FILE" in line
+        )
+        token = Path(token_file).read_text()
+        daemon_url = f"http://127.0.0.1:{port}/v1/credentials"
+        body = wait_http(daemon_url, token)
+        body_file = REPO / "bench" / ".reference-body.json"
+        body_file.write_text(json.dumps({k: "x" * len(v) for k, v in json.loads(body).items()}))
+        ref_port = free_port()
+        ref_url = f"http://127.0.0.1:{ref_port}/v1/credentials"
+        with process([sys.executable, "-c", REFERENCE, str(body_file), str(ref_port)]):
+            wait_http(ref_url, None)
+            daemon_runs, reference_runs = [], []
+            for _ in range(args.rounds):  # alternate, so drift hits both alike
+                daemon_runs.append(wrk(daemon_url, token, args.seconds, args.connections))
+                reference_runs.append(wrk(ref_url, None, args.seconds, args.connections))
+        body_file.unlink()
+
+    def median(runs: list[Result], field: str) -> float:
+        return float(statistics.median(getattr(r, field) for r in runs))
+
+    rps_ratio = median(daemon_runs, "rps") / median(reference_runs, "rps")
+    p99_ratio = median(daemon_runs, "p99_ms") / median(reference_runs, "p99_ms")
+    print(
+        f"cpu cores: {os.cpu_count()}, wrk 1 thread, {args.connections} connections, "
+        f"{args.rounds} x {args.seconds}s each, alternating"
+    )
+    print("| server | requests/s (median) | p50 ms | p99 ms | non-2xx |")
+    print("|---|---|---|---|---|")
+    for name, runs in (("credential-sidecar", daemon_runs), ("reference aiohttp", reference_runs)):
+        print(
+            f"| {name} | {median(runs, 'rps'):.0f} | {median(runs, 'p50_ms'):.2f} | "
+            f"{median(runs, 'p99_ms'):.2f} | {sum(r.non_2xx for r in runs)} |"
+        )
+    print(f"\nthroughput ratio (sidecar / reference): {rps_ratio:.2f}")
+    print(f"p99 latency ratio (sidecar / reference): {p99_ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
