@@ -29,7 +29,7 @@ from sidecar.metrics import Metrics
 from sidecar.refresher import Refresher
 from sidecar.server import CREDENTIALS_PATH, RoleEndpoint, create_app
 from sidecar.sts import StsClient
-from sidecar.tokens import build_token_source
+from sidecar.tokens import HTTP_FETCH_TIMEOUT, build_token_source
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,11 @@ async def running_daemon(
             tokens = build_token_source(
                 role.token, clock, http, environ if environ is not None else os.environ
             )
+            # Token fetch (a command has its own timeout) plus one STS call per hop.
+            token_time = (
+                role.token.command_timeout if role.token.kind == "command" else HTTP_FETCH_TIMEOUT
+            )
+            budget = config.refresh.attempt_timeout * len(role.hops) + token_time
             refresher = Refresher(
                 role.name,
                 ChainExchanger(role, tokens, sts, clock),
@@ -111,6 +116,7 @@ async def running_daemon(
                 config.refresh,
                 clock,
                 metrics,
+                exchange_timeout=budget,
             )
             task = asyncio.create_task(refresher.run(), name=f"refresher:{role.name}")
             stack.push_async_callback(_cancel, task)

@@ -20,6 +20,7 @@ jump cannot make us serve expired credentials or refresh in a loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ class Refresher:
         clock: Clock,
         metrics: Metrics,
         rng: random.Random | None = None,
+        exchange_timeout: float | None = None,
     ) -> None:
         self.name = name
         self._exchanger = exchanger
@@ -68,6 +70,9 @@ class Refresher:
         self._clock = clock
         self._metrics = metrics
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        # A safety net over the whole exchange (token fetch + every hop); each STS call
+        # has its own, shorter timeout.
+        self._exchange_timeout = exchange_timeout or policy.attempt_timeout * 2
         self._snapshot: Snapshot | None = None
         self._last_success: float | None = None
         self._inflight: asyncio.Future[Snapshot] | None = None
@@ -100,11 +105,9 @@ class Refresher:
         if snap is not None or at_most <= 0:
             return snap
         updated = self._updated
-        try:
+        with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(at_most):
                 await updated.wait()
-        except TimeoutError:
-            pass
         return self.servable()
 
     def status(self) -> RoleStatus:
@@ -132,7 +135,7 @@ class Refresher:
 
     async def _exchange(self) -> Snapshot:
         try:
-            async with asyncio.timeout(self._policy.attempt_timeout * 2):
+            async with asyncio.timeout(self._exchange_timeout):
                 creds = await self._exchanger.exchange()
             snap = self._accept(creds)
         except SidecarError as exc:
@@ -141,8 +144,14 @@ class Refresher:
         except TimeoutError:
             self._metrics.exchanges.labels(self.name, "failure", "Timeout").inc()
             raise StsError(
-                "exchange", "Timeout", "the exchange took too long", Disposition.RETRY
+                "exchange",
+                "Timeout",
+                f"the exchange took longer than {self._exchange_timeout:g}s",
+                Disposition.RETRY,
             ) from None
+        except Exception:
+            self._metrics.exchanges.labels(self.name, "failure", "Unexpected").inc()
+            raise
         self._metrics.exchanges.labels(self.name, "success", "").inc()
         return snap
 

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 #: STS accepts a token up to about this long past its ``exp`` (clock skew allowance).
 STS_EXP_LEEWAY = 300
+#: How long fetching a token over HTTP (GitHub) may take.
+HTTP_FETCH_TIMEOUT = 10.0
 #: Environment tokens: warn this long before they expire.
 ENV_TOKEN_WARNING = 600
 
@@ -258,7 +260,7 @@ class GithubTokenSource:
         audience: str,
         clock: Clock,
         session: aiohttp.ClientSession,
-        timeout: float = 10,
+        timeout: float = HTTP_FETCH_TIMEOUT,
     ) -> None:
         separator = "&" if "?" in url else "?"
         self._url = f"{url}{separator}audience={quote(audience, safe='')}"
