@@ -20,7 +20,7 @@ from sidecar import __version__
 from sidecar.config import SETTINGS, SETTINGS_BY_NAME, load_config, resolve_raw, truthy
 from sidecar.daemon import Running, running_daemon
 from sidecar.devmode.environment import DevEnvironment, dev_environment
-from sidecar.errors import AuthTokenError, ConfigError
+from sidecar.errors import AuthTokenError, ConfigError, ListenError
 from sidecar.logs import configure_logging
 
 EXIT_OK = 0
@@ -107,13 +107,8 @@ async def serve(flags: Mapping[str, str | None], environ: Mapping[str, str]) -> 
         except AuthTokenError as exc:
             print(f"credential-sidecar: {exc}", file=sys.stderr)
             return EXIT_CONFIG
-        except OSError as exc:
-            print(
-                f"credential-sidecar: cannot listen on {config.server.host}:"
-                f"{config.server.port}: {exc.strerror or exc}. Pick another --listen address "
-                "or stop whatever holds it.",
-                file=sys.stderr,
-            )
+        except ListenError as exc:
+            print(f"credential-sidecar: {exc}", file=sys.stderr)
             return EXIT_LISTEN
         loop.add_signal_handler(signal.SIGHUP, running.refresh_now)
         if dev is not None:

@@ -25,6 +25,7 @@ from sidecar.auth import AuthToken, ensure_token_file, loose_permissions
 from sidecar.chain import ChainExchanger
 from sidecar.clock import Clock, SystemClock
 from sidecar.config import Config, config_warnings
+from sidecar.errors import ListenError
 from sidecar.metrics import Metrics
 from sidecar.refresher import Refresher
 from sidecar.server import CREDENTIALS_PATH, RoleEndpoint, create_app
@@ -131,7 +132,13 @@ async def running_daemon(
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ListenError(
+                f"cannot listen on {config.server.host}:{config.server.port}: "
+                f"{exc.strerror or exc}. Pick another --listen address or stop whatever holds it"
+            ) from None
         host, port = runner.addresses[0][:2]
         base = _base_url(host, port)
         roles = {r.name: r.role_arn for r in config.roles}

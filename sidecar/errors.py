@@ -3,6 +3,7 @@
     SidecarError                  base; carries an operator-facing message
     ├── ConfigError               bad configuration; lists every problem at once (exit 2)
     ├── AuthTokenError            the endpoint's auth token file is unusable
+    ├── ListenError               the listen address cannot be bound (exit 3)
     ├── TokenError                the web-identity token cannot be read or is unusable
     │   └── TokenExpiredError     ...because its exp has passed
     └── ExchangeError             an STS call failed or returned unusable credentials
@@ -57,6 +58,12 @@ class ConfigError(SidecarError):
 
 class AuthTokenError(SidecarError):
     """The auth token file clients must present cannot be read, created or used."""
+
+    disposition = Disposition.FATAL
+
+
+class ListenError(SidecarError):
+    """The listen address cannot be bound: in use, not on this host, or not permitted."""
 
     disposition = Disposition.FATAL
 
