@@ -112,10 +112,12 @@ def load_config(
     )
 
     if document is not None and config_file.declares_roles(document):
+        # Given on purpose (a flag or our own variable) rather than ambient (AWS_ROLE_ARN,
+        # which EKS injects into every pod): only the former is ambiguous.
         explicit = [
             SETTINGS_BY_NAME[n].flag
             for n in ROLE_SETTINGS
-            if raw[n][1] in (SETTINGS_BY_NAME[n].flag, *SETTINGS_BY_NAME[n].envs[:1])
+            if raw[n][1] == SETTINGS_BY_NAME[n].flag or raw[n][1].startswith("SIDECAR_")
         ]
         if explicit:
             check.add(
