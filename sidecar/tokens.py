@@ -123,6 +123,14 @@ def inspect_token(
     return claims
 
 
+def read_token(
+    raw: bytes | str, origin: str, now: datetime, audience: str | None
+) -> WebIdentityToken:
+    """A token from raw source output: text checks, then ``inspect_token``."""
+    value = _from_text(raw, origin)
+    return WebIdentityToken(value, inspect_token(value, origin, now, audience), origin)
+
+
 def _from_text(raw: bytes | str, origin: str) -> str:
     try:
         text = raw.decode("ascii") if isinstance(raw, bytes) else raw
@@ -155,9 +163,7 @@ class FileTokenSource:
             raise TokenError(f"{origin} does not exist (is the volume mounted?)") from None
         except OSError as exc:
             raise TokenError(f"{origin} cannot be read: {exc.strerror}") from None
-        value = _from_text(raw, origin)
-        claims = inspect_token(value, origin, self._clock.now(), self._audience)
-        return WebIdentityToken(value=value, claims=claims, origin=origin)
+        return read_token(raw, origin, self._clock.now(), self._audience)
 
 
 class EnvTokenSource:
@@ -177,10 +183,9 @@ class EnvTokenSource:
 
     async def fetch(self) -> WebIdentityToken:
         origin = f"environment variable {self.name}"
-        value = _from_text(self._value, origin)
         now = self._clock.now()
         try:
-            claims = inspect_token(value, origin, now, self._audience)
+            token = read_token(self._value, origin, now, self._audience)
         except TokenExpiredError as exc:
             raise TokenExpiredError(
                 f"{exc}. A token in an environment variable cannot be renewed: restart "
@@ -188,6 +193,7 @@ class EnvTokenSource:
                 "--token-source github)",
                 Disposition.FATAL,
             ) from None
+        claims = token.claims
         if claims.expires_at is not None and not self._warned:
             left = (claims.expires_at - now).total_seconds()
             if left < ENV_TOKEN_WARNING:
@@ -200,7 +206,7 @@ class EnvTokenSource:
                     left,
                     extra={"event": "token_expiring", "source": origin},
                 )
-        return WebIdentityToken(value=value, claims=claims, origin=origin)
+        return token
 
 
 class CommandTokenSource:
@@ -245,9 +251,7 @@ class CommandTokenSource:
             raise TokenError(
                 f"{origin} exited with status {proc.returncode}: {detail or '(no error output)'}"
             )
-        value = _from_text(stdout, origin)
-        claims = inspect_token(value, origin, self._clock.now(), self._audience)
-        return WebIdentityToken(value=value, claims=claims, origin=origin)
+        return read_token(stdout, origin, self._clock.now(), self._audience)
 
 
 class GithubTokenSource:
@@ -296,9 +300,7 @@ class GithubTokenSource:
             value = json.loads(body)["value"]
         except (ValueError, KeyError, TypeError):
             raise TokenError(f'{origin} answered without a JSON "value" field') from None
-        value = _from_text(str(value), origin)
-        claims = inspect_token(value, origin, self._clock.now(), self._audience)
-        return WebIdentityToken(value=value, claims=claims, origin=origin)
+        return read_token(str(value), origin, self._clock.now(), self._audience)
 
 
 def build_token_source(
