@@ -117,7 +117,9 @@ class Refresher:
             role=self.name,
             ready=self.ready,
             seconds_until_expiry=max(0.0, snap.expires_at - now) if snap else None,
-            seconds_since_success=now - self._last_success if self._last_success else None,
+            seconds_since_success=(
+                None if self._last_success is None else now - self._last_success
+            ),
             consecutive_failures=self.consecutive_failures,
         )
 

@@ -115,6 +115,12 @@ async def test_cold_start_then_503_with_retry_after(tmp_path: Path) -> None:
         assert 0.15 <= elapsed < 1.0
         ready = await h.client.get("/readyz")
         assert ready.status == 503
+        text = await (await h.client.get("/metrics")).text()
+        assert 'role="default",route="/v1/credentials",status="503"} 1.0' in text
+        assert 'credential_sidecar_consecutive_failures{role="default"} 1.0' in text
+        assert 'error_code="Throttling",result="failure",role="default"} 1.0' in text
+        assert 'credential_sidecar_ready{role="default"} 0.0' in text
+        assert "credential_sidecar_seconds_since_last_success{" not in text  # never succeeded
     finally:
         h.task.cancel()
         await h.client.close()
@@ -183,6 +189,7 @@ async def test_metrics(ready: Harness) -> None:
     assert requests + ',status="401"} 1.0' in text
     assert 'credential_sidecar_ready{role="default"} 1.0' in text
     assert 'credential_sidecar_credentials_expiry_seconds{role="default"} 3600.0' in text
+    assert 'credential_sidecar_seconds_since_last_success{role="default"} 0.0' in text
     snap = ready.refresher.servable()
     assert snap is not None and snap.credentials.access_key_id not in text
 

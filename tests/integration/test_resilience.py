@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from sidecar.devmode.issuer import OidcIssuer
 from sidecar.devmode.token_writer import ProjectedTokenWriter
@@ -208,18 +209,28 @@ def test_audience_is_checked_before_sts(emulator: EmulatorThread, tmp_path: Path
     assert emulator.calls() == before
 
 
-def test_kubelet_rotation_is_used(emulator: EmulatorThread, tmp_path: Path) -> None:
-    """After a ..data symlink swap, the next exchange presents the new token to STS."""
+@pytest.mark.parametrize("how", ["kubelet", "mv"])
+def test_token_rotation_is_used(emulator: EmulatorThread, tmp_path: Path, how: str) -> None:
+    """After a ..data symlink swap or an mv over the file, STS gets the new token."""
     writer = ProjectedTokenWriter(tmp_path / "serviceaccount")
-    writer.write(emulator.issuer.mint("pod-token-1"))
+    path = writer.path if how == "kubelet" else tmp_path / "token"
+
+    def rotate(subject: str) -> None:
+        token = emulator.issuer.mint(subject)
+        if how == "kubelet":
+            writer.write(token)
+        else:
+            staged = tmp_path / "token.new"
+            staged.write_text(token)
+            staged.replace(path)
+
+    rotate("pod-token-1")
     emulator.add_fault(lifetime=8)  # every session 8 s: refreshed every ~2 s
-    args = args_for(
-        emulator, writer.path, tmp_path, "--safety-margin", "1s", "--refresh-ahead-min", "1s"
-    )
+    args = args_for(emulator, path, tmp_path, "--safety-margin", "1s", "--refresh-ahead-min", "1s")
     with daemon(args) as process:
         process.wait_event("exchanged")
         assert emulator.last_subject() == "pod-token-1"
-        writer.write(emulator.issuer.mint("pod-token-2"))
+        rotate("pod-token-2")
         wait_until(lambda: emulator.last_subject() == "pod-token-2", what="the new token")
         assert status(process) == 200
         assert not process.events("refresh_failed")
