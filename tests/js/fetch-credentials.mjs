@@ -6,7 +6,9 @@ import { fromHttp } from "@aws-sdk/credential-providers";
 import { STSClient, GetCallerIdentityCommand } from "@aws-sdk/client-sts";
 
 try {
-  const provider = fromHttp({ timeout: 1000, maxRetries: 0 });
+  // Defaults mirror the SDK's own (1 s timeout); FROM_HTTP_MAX_RETRIES lets tests choose.
+  const maxRetries = Number(process.env.FROM_HTTP_MAX_RETRIES ?? "0");
+  const provider = fromHttp({ timeout: 1000, maxRetries });
   const creds = await provider();
   const out = {
     ok: true,
