@@ -1,7 +1,7 @@
-"""Command line: ``credential-sidecar serve [--dev]``. The only module that exits.
+"""Command line: ``credential-sidecar serve [--dev]`` and ``inspect``. The only module that exits.
 
-Every ``serve`` flag can also come from an environment variable (listed in ``--help``),
-so containers can be configured without a command line.
+Every flag can also come from an environment variable (listed in ``--help``), so
+containers can be configured without a command line.
 """
 
 from __future__ import annotations
@@ -15,18 +15,22 @@ import shlex
 import signal
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from sidecar import __version__
 from sidecar.config import SETTINGS, SETTINGS_BY_NAME, load_config, resolve_raw, truthy
+from sidecar.config.settings import TOKEN_SETTINGS, Setting
 from sidecar.daemon import Running, running_daemon
 from sidecar.devmode.environment import DevEnvironment, dev_environment
-from sidecar.errors import AuthTokenError, ConfigError, ListenError
+from sidecar.errors import AuthTokenError, ConfigError, ListenError, SidecarError
+from sidecar.inspection import inspect
 from sidecar.logs import configure_logging
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # an unexpected error (a bug): the traceback is logged
 EXIT_CONFIG = 2  # bad configuration or auth token file: the message says what to fix
 EXIT_LISTEN = 3  # cannot bind the listen address (in use, not local, no permission)
+EXIT_PROBLEMS = 4  # inspect: the token or the trust policy would be refused
 
 log = logging.getLogger("sidecar")
 
@@ -39,16 +43,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    serve = commands.add_parser(
+    serve_parser = commands.add_parser(
         "serve",
         help="run the daemon",
         description="Run the credentials daemon. Flags override environment variables.",
     )
-    for setting in SETTINGS:
+    _add_settings(serve_parser, SETTINGS)
+    inspect_parser = commands.add_parser(
+        "inspect",
+        help="check a token (and a role's trust policy) before STS does",
+        description="Fetch one token from the configured source and explain what STS will "
+        "think of it: expiry, audience, and with --trust-policy the provider, aud and sub "
+        "conditions (including a missing sub condition). Never prints the token.",
+    )
+    _add_settings(inspect_parser, [SETTINGS_BY_NAME[name] for name in TOKEN_SETTINGS])
+    inspect_parser.add_argument(
+        "--trust-policy",
+        metavar="FILE",
+        help="the role's trust policy JSON, or `aws iam get-role` output",
+    )
+    return parser
+
+
+def _add_settings(parser: argparse.ArgumentParser, settings: Sequence[Setting]) -> None:
+    for setting in settings:
         sources = ", ".join(setting.envs)
         default = f"; default {setting.default}" if setting.default is not None else ""
         if setting.is_switch:
-            serve.add_argument(
+            parser.add_argument(
                 setting.flag,
                 dest=setting.name,
                 action="store_const",
@@ -56,13 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
                 help=f"{setting.help} [env {sources}=1]",
             )
         else:
-            serve.add_argument(
+            parser.add_argument(
                 setting.flag,
                 dest=setting.name,
                 metavar="VALUE",
                 help=f"{setting.help} [env {sources}{default}]",
             )
-    return parser
 
 
 def dev_instructions(running: Running, dev: DevEnvironment) -> str:
@@ -118,9 +139,25 @@ async def serve(flags: Mapping[str, str | None], environ: Mapping[str, str]) -> 
     return EXIT_OK
 
 
+async def inspect_token(
+    flags: Mapping[str, str | None], environ: Mapping[str, str], policy: str | None
+) -> int:
+    try:
+        report = await inspect(
+            resolve_raw(flags, environ), environ, Path(policy) if policy else None
+        )
+    except (ConfigError, SidecarError) as exc:
+        print(f"credential-sidecar: {exc}", file=sys.stderr)
+        return EXIT_CONFIG if isinstance(exc, ConfigError) else EXIT_PROBLEMS
+    print(report.render())
+    return EXIT_OK if report.ok else EXIT_PROBLEMS
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     flags = {name: getattr(args, name, None) for name in SETTINGS_BY_NAME}
+    if args.command == "inspect":
+        sys.exit(asyncio.run(inspect_token(flags, os.environ, args.trust_policy)))
     raw = resolve_raw(flags, os.environ)
     # Provisional logging until the configuration is validated (it may name another format).
     fmt = raw["log_format"][0] if raw["log_format"][0] in ("text", "json") else "text"
