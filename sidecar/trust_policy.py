@@ -105,7 +105,7 @@ def check_token(claims: TokenClaims, audience: str, now: datetime) -> list[Findi
         left = (claims.expires_at - now).total_seconds()
         if left < -STS_EXP_LEEWAY:
             findings.append(Finding("error", f"the token expired at {claims.expires_text}"))
-        elif left < 300:
+        elif left < 60:  # about to expire before anyone could use it
             findings.append(
                 Finding(
                     "warning",
