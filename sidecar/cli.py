@@ -1,4 +1,4 @@
-"""Command line: ``credential-sidecar serve [--dev]`` and ``inspect``. The only module that exits.
+"""Command line: ``serve``, ``exec -- COMMAND`` and ``inspect``. The only module that exits.
 
 Every flag can also come from an environment variable (listed in ``--help``), so
 containers can be configured without a command line.
@@ -14,15 +14,17 @@ import os
 import shlex
 import signal
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from sidecar import __version__
 from sidecar.config import SETTINGS, SETTINGS_BY_NAME, load_config, resolve_raw, truthy
-from sidecar.config.settings import TOKEN_SETTINGS, Setting
+from sidecar.config.settings import LOG_LEVELS, TOKEN_SETTINGS, Setting
 from sidecar.daemon import Running, running_daemon
 from sidecar.devmode.environment import DevEnvironment, dev_environment
 from sidecar.errors import AuthTokenError, ConfigError, ListenError, SidecarError
+from sidecar.execute import child_environment, run_child, wait_ready
 from sidecar.inspection import inspect
 from sidecar.logs import configure_logging
 
@@ -31,8 +33,11 @@ EXIT_FAILURE = 1  # an unexpected error (a bug): the traceback is logged
 EXIT_CONFIG = 2  # bad configuration or auth token file: the message says what to fix
 EXIT_LISTEN = 3  # cannot bind the listen address (in use, not local, no permission)
 EXIT_PROBLEMS = 4  # inspect: the token or the trust policy would be refused
+EXIT_UNAVAILABLE = 5  # exec: no credentials within --wait, the command was not run
 
 log = logging.getLogger("sidecar")
+#: exec shares stderr with the command: only warnings and errors, unless asked.
+EXEC_QUIET = {"log_level": "warning"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +54,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the credentials daemon. Flags override environment variables.",
     )
     _add_settings(serve_parser, SETTINGS)
+    exec_parser = commands.add_parser(
+        "exec",
+        help="run a command with refreshed credentials, for as long as it runs",
+        description="Serve credentials on a free loopback port with a fresh auth token, run "
+        "COMMAND with AWS_CONTAINER_CREDENTIALS_FULL_URI and "
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE set (and variables that would shadow them "
+        "removed), then exit with its exit code. Takes every serve flag.",
+    )
+    _add_settings(exec_parser, SETTINGS)
+    exec_parser.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to wait for credentials before giving up (exit 5) [default 30]",
+    )
+    exec_parser.add_argument("child", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
     inspect_parser = commands.add_parser(
         "inspect",
         help="check a token (and a role's trust policy) before STS does",
@@ -104,39 +126,85 @@ def dev_instructions(running: Running, dev: DevEnvironment) -> str:
     return "\n".join(lines)
 
 
+class _Exit(Exception):
+    """A startup failure already explained on stderr; carries the exit code."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+async def _start(
+    stack: contextlib.AsyncExitStack,
+    flags: Mapping[str, str | None],
+    environ: Mapping[str, str],
+    defaults: Mapping[str, str] | None = None,
+) -> tuple[Running, DevEnvironment | None]:
+    """Dev environment (if asked), configuration, daemon: started and owned by ``stack``."""
+    raw = resolve_raw(flags, environ, defaults=defaults)
+    dev: DevEnvironment | None = None
+    overrides = None
+    if truthy(raw["dev"][0]):
+        dev = await stack.enter_async_context(dev_environment())
+        overrides = dev.overrides(raw["auth_token_file"][0])
+    try:
+        config = load_config(flags, environ, overrides, defaults)
+    except ConfigError as exc:
+        print(f"credential-sidecar: {exc}", file=sys.stderr)
+        raise _Exit(EXIT_CONFIG) from None
+    configure_logging(config.log_format, config.log_level)
+    try:
+        running = await stack.enter_async_context(running_daemon(config))
+    except (AuthTokenError, ListenError) as exc:
+        print(f"credential-sidecar: {exc}", file=sys.stderr)
+        raise _Exit(EXIT_LISTEN if isinstance(exc, ListenError) else EXIT_CONFIG) from None
+    return running, dev
+
+
 async def serve(flags: Mapping[str, str | None], environ: Mapping[str, str]) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-
-    raw = resolve_raw(flags, environ)
     async with contextlib.AsyncExitStack() as stack:
-        dev: DevEnvironment | None = None
-        overrides = None
-        if truthy(raw["dev"][0]):
-            dev = await stack.enter_async_context(dev_environment())
-            overrides = dev.overrides(raw["auth_token_file"][0])
         try:
-            config = load_config(flags, environ, overrides)
-        except ConfigError as exc:
-            print(f"credential-sidecar: {exc}", file=sys.stderr)
-            return EXIT_CONFIG
-        configure_logging(config.log_format, config.log_level)
-        try:
-            running = await stack.enter_async_context(running_daemon(config))
-        except AuthTokenError as exc:
-            print(f"credential-sidecar: {exc}", file=sys.stderr)
-            return EXIT_CONFIG
-        except ListenError as exc:
-            print(f"credential-sidecar: {exc}", file=sys.stderr)
-            return EXIT_LISTEN
+            running, dev = await _start(stack, flags, environ)
+        except _Exit as exc:
+            return exc.code
         loop.add_signal_handler(signal.SIGHUP, running.refresh_now)
         if dev is not None:
             print(dev_instructions(running, dev), flush=True)
         await stop.wait()
         log.info("signal received, shutting down", extra={"event": "signal"})
     return EXIT_OK
+
+
+async def exec_child(
+    flags: Mapping[str, str | None],
+    environ: Mapping[str, str],
+    argv: Sequence[str],
+    wait: float,
+) -> int:
+    with tempfile.TemporaryDirectory(prefix="credential-sidecar-exec-") as private:
+        defaults = {"listen": "127.0.0.1:0", **EXEC_QUIET}
+        if not truthy(resolve_raw(flags, environ)["insecure_no_auth"][0]):
+            defaults["auth_token_file"] = str(Path(private) / "auth-token")
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                running, dev = await _start(stack, flags, environ, defaults)
+            except _Exit as exc:
+                return exc.code
+            if running.default is None or not await wait_ready(running.default, wait):
+                print(
+                    f"credential-sidecar: no credentials within {wait:g}s (see the errors "
+                    f"above); not running {argv[0]}",
+                    file=sys.stderr,
+                )
+                return EXIT_UNAVAILABLE
+            env = child_environment(
+                environ, running.url, running.auth_token_file, dev.sts_url if dev else None
+            )
+            return await run_child(argv, env)
 
 
 async def inspect_token(
@@ -158,12 +226,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     flags = {name: getattr(args, name, None) for name in SETTINGS_BY_NAME}
     if args.command == "inspect":
         sys.exit(asyncio.run(inspect_token(flags, os.environ, args.trust_policy)))
-    raw = resolve_raw(flags, os.environ)
+    child = list(getattr(args, "child", None) or [])
+    if child[:1] == ["--"]:
+        child = child[1:]
+    if args.command == "exec" and not child:
+        build_parser().error("exec needs a command: credential-sidecar exec [flags] -- COMMAND")
+    quiet = EXEC_QUIET if args.command == "exec" else None
+    raw = resolve_raw(flags, os.environ, defaults=quiet)
     # Provisional logging until the configuration is validated (it may name another format).
     fmt = raw["log_format"][0] if raw["log_format"][0] in ("text", "json") else "text"
-    configure_logging(fmt or "text", "info")
+    level = raw["log_level"][0] if raw["log_level"][0] in LOG_LEVELS else "info"
+    configure_logging(fmt or "text", level or "info")
     try:
-        code = asyncio.run(serve(flags, os.environ))
+        if args.command == "exec":
+            code = asyncio.run(exec_child(flags, os.environ, child, args.wait))
+        else:
+            code = asyncio.run(serve(flags, os.environ))
     except KeyboardInterrupt:  # a second Ctrl-C before handlers were installed
         code = EXIT_OK
     except Exception:

@@ -45,6 +45,9 @@ class Running:
     #: ``http://host:port/v1/credentials``: the default role; ``/<name>`` for any role.
     url: str
     refreshers: Mapping[str, Refresher]
+    #: The role served at ``url`` (None if there is no default role)...
+    default: Refresher | None
+    #: ...and the file holding the token that opens it (None without auth).
     auth_token_file: str | None
 
     def refresh_now(self) -> None:
@@ -156,10 +159,12 @@ async def running_daemon(
                 "auth_required": all(e.auth is not None for e in endpoints.values()),
             },
         )
+        default = endpoints.get(config.default_role) if config.default_role else None
         yield Running(
-            base,
-            {n: e.refresher for n, e in endpoints.items()},
-            str(server_auth.path) if server_auth else None,
+            url=base,
+            refreshers={n: e.refresher for n, e in endpoints.items()},
+            default=default.refresher if default else None,
+            auth_token_file=str(default.auth.path) if default and default.auth else None,
         )
         log.info("stopping: no longer accepting connections", extra={"event": "stopping"})
     log.info("stopped", extra={"event": "stopped"})

@@ -66,7 +66,10 @@ class StsClient:
         self._timeout = timeout
         self._metrics = metrics
         self._stack = contextlib.AsyncExitStack()
-        self._session = AioSession()
+        # AWS_PROFILE belongs to the user's own tools: a profile missing from the config
+        # file must not stop the daemon (botocore raises ProfileNotFound), and our client
+        # is configured explicitly anyway.
+        self._session = AioSession(session_vars={"profile": (None, None, None, None)})
         self._client: Any = None
 
     def _boto_config(self, signed: bool) -> BotoConfig:

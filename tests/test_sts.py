@@ -142,3 +142,13 @@ def test_explain_missing_provider() -> None:
     assert hint is not None
     assert "123456789012 has no IAM OIDC identity provider" in hint
     assert "token.actions.githubusercontent.com" in hint
+
+
+async def test_users_profile_does_not_matter(
+    emulator: EmulatorThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An AWS_PROFILE missing from the config file (meant for the user's tools) is ignored."""
+    monkeypatch.setenv("AWS_PROFILE", "does-not-exist")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    creds = await exchange(emulator, tmp_path, emulator.issuer.mint())
+    assert creds.access_key_id.startswith("ASIA")

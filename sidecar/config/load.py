@@ -40,17 +40,18 @@ def load_config(
     flags: Mapping[str, str | None],
     environ: Mapping[str, str],
     overrides: Mapping[str, str] | None = None,
+    defaults: Mapping[str, str] | None = None,
 ) -> Config:
     """Build the validated ``Config`` or raise one ``ConfigError`` listing every problem."""
     check = Checker()
-    first = resolve_raw(flags, environ, overrides)
+    first = resolve_raw(flags, environ, overrides, defaults=defaults)
     document = None
     file_values: dict[str, str] = {}
     config_path = first["config"][0]
     if config_path:
         document = config_file.read(Path(config_path), check)
         file_values = config_file.settings(document, check) if document is not None else {}
-    raw = resolve_raw(flags, environ, overrides, file_values)
+    raw = resolve_raw(flags, environ, overrides, file_values, defaults)
 
     def value(name: str) -> str:
         return raw[name][0] or ""

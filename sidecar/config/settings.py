@@ -225,8 +225,13 @@ def resolve_raw(
     environ: Mapping[str, str],
     overrides: Mapping[str, str] | None = None,
     file_values: Mapping[str, str] | None = None,
+    defaults: Mapping[str, str] | None = None,
 ) -> Raw:
-    """Each setting's raw value and where it came from (named in error messages)."""
+    """Each setting's raw value and where it came from (named in error messages).
+
+    ``overrides`` (dev mode) rank just below flags; ``defaults`` replace the built-in
+    defaults (``exec`` listens on a free port, for instance).
+    """
     raw: Raw = {}
     for setting in SETTINGS:
         candidates: list[tuple[str | None, str]] = [(flags.get(setting.name), setting.flag)]
@@ -238,9 +243,8 @@ def resolve_raw(
         if file_values:
             candidates.append((file_values.get(setting.name), "config file"))
         candidates += [(environ.get(e) or None, e) for e in theirs]
-        value, source = next(
-            ((v, s) for v, s in candidates if v is not None), (setting.default, "default")
-        )
+        default = (defaults or {}).get(setting.name, setting.default)
+        value, source = next(((v, s) for v, s in candidates if v is not None), (default, "default"))
         raw[setting.name] = (value, source)
     return raw
 
