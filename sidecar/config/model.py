@@ -20,15 +20,6 @@ class TokenSourceConfig:
     github_url: str | None = None
     github_token: Secret | None = None
 
-    def describe(self) -> str:
-        if self.kind == "file":
-            return f"file {self.path}"
-        if self.kind == "env":
-            return f"environment variable {self.env_var}"
-        if self.kind == "command":
-            return f"command {self.command[0] if self.command else '?'}"
-        return "GitHub Actions OIDC"
-
 
 @dataclass(frozen=True)
 class HopConfig:
@@ -119,6 +110,3 @@ class Config:
     dev: bool
     #: Valid but questionable choices, logged at startup.
     notes: tuple[str, ...] = ()
-
-    def role(self, name: str) -> RoleConfig:
-        return next(r for r in self.roles if r.name == name)

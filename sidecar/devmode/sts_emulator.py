@@ -114,11 +114,6 @@ class StsEmulator:
             web.get("/_emulator/stats", self._stats),
         ]
 
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.add_routes(self.routes())
-        return app
-
     async def _add_fault(self, request: web.Request) -> web.Response:
         try:
             spec: dict[str, Any] = await request.json()
