@@ -152,3 +152,31 @@ async def test_users_profile_does_not_matter(
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
     creds = await exchange(emulator, tmp_path, emulator.issuer.mint())
     assert creds.access_key_id.startswith("ASIA")
+
+
+@pytest.mark.parametrize(
+    ("region", "regional", "env", "expected"),
+    [
+        ("eu-west-1", "regional", {}, "https://sts.eu-west-1.amazonaws.com"),
+        ("us-east-1", "regional", {}, "https://sts.us-east-1.amazonaws.com"),
+        ("us-east-1", "legacy", {}, "https://sts.amazonaws.com"),
+        (
+            "us-east-1",
+            "regional",
+            {"AWS_USE_FIPS_ENDPOINT": "true"},
+            "https://sts-fips.us-east-1.amazonaws.com",
+        ),
+        ("cn-north-1", "regional", {}, "https://sts.cn-north-1.amazonaws.com.cn"),
+    ],
+)
+async def test_endpoint_resolution(
+    region: str, regional: str, env: dict[str, str], expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regional by default, legacy global on request, FIPS and China partitions (no call)."""
+    for key in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_STS", "AWS_USE_FIPS_ENDPOINT"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    config = StsConfig(region, None, regional)
+    async with StsClient(config, 5, Metrics(CollectorRegistry())) as sts:
+        assert sts.endpoint == expected
