@@ -127,7 +127,13 @@ async def running_daemon(
             endpoints[role.name] = RoleEndpoint(refresher, auth)
 
         runner = web.AppRunner(
-            create_app(endpoints, config.default_role, metrics, config.refresh.cold_start_wait),
+            create_app(
+                endpoints,
+                config.default_role,
+                metrics,
+                config.refresh.cold_start_wait,
+                audit=config.server.audit_log,
+            ),
             handle_signals=False,
             access_log=None,
             shutdown_timeout=SHUTDOWN_GRACE,

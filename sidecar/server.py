@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sidecar.auth import AuthToken
+from sidecar.credentials import format_expiration, mask_key_id
 from sidecar.metrics import Metrics
 from sidecar.refresher import Refresher
 
@@ -66,15 +68,66 @@ async def _json_errors_and_metrics(request: web.Request, handler: Handler) -> we
     return response
 
 
+class LogThrottle:
+    """At most one log line per key and interval; the next one says how many were dropped.
+
+    A misconfigured client retrying in a loop must not flood the log (nor grow memory: the
+    table is cleared when it gets large).
+    """
+
+    def __init__(
+        self,
+        interval: float = 60.0,
+        monotonic: Callable[[], float] = time.monotonic,
+        max_keys: int = 1024,
+    ) -> None:
+        self._interval = interval
+        self._monotonic = monotonic
+        self._max_keys = max_keys
+        self._seen: dict[tuple[str, ...], tuple[float, int]] = {}
+
+    def allow(self, *key: str) -> int | None:
+        """None to stay quiet, else the number of lines suppressed since the last one."""
+        now = self._monotonic()
+        last = self._seen.get(key)
+        if last is not None and now - last[0] < self._interval:
+            self._seen[key] = (last[0], last[1] + 1)
+            return None
+        if len(self._seen) >= self._max_keys:
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        return last[1] if last is not None else 0
+
+
 class CredentialsHandler:
     """``GET /v1/credentials[/<role>]``: the role's current snapshot, or a JSON error."""
 
     def __init__(
-        self, endpoints: Mapping[str, RoleEndpoint], default: str | None, cold_start_wait: float
+        self,
+        endpoints: Mapping[str, RoleEndpoint],
+        default: str | None,
+        cold_start_wait: float,
+        audit: bool = False,
     ) -> None:
         self._endpoints = endpoints
         self._default = default
         self._cold_start_wait = cold_start_wait
+        self._audit = audit
+        self._throttle = LogThrottle()
+
+    def _refused(self, request: web.Request, role: str, event: str, message: str) -> None:
+        remote = request.remote or "?"
+        suppressed = self._throttle.allow(event, role, remote)
+        if suppressed is not None:
+            log.warning(
+                message,
+                extra={
+                    "event": event,
+                    "role": role,
+                    "remote": remote,
+                    "suppressed_since_last": suppressed,
+                },
+            )
 
     async def handle(self, request: web.Request) -> web.Response:
         name = request.match_info.get("role", self._default)
@@ -89,9 +142,11 @@ class CredentialsHandler:
         if endpoint.auth is not None:
             presented = request.headers.get("Authorization")
             if presented is None:
-                log.warning(
+                self._refused(
+                    request,
+                    name,
+                    "auth_missing",
                     "refused credentials request without Authorization header",
-                    extra={"event": "auth_missing", "role": name, "remote": request.remote},
                 )
                 return error_response(
                     401,
@@ -100,9 +155,11 @@ class CredentialsHandler:
                     "(set AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE)",
                 )
             if not endpoint.auth.check(presented):
-                log.warning(
+                self._refused(
+                    request,
+                    name,
+                    "auth_denied",
                     "refused credentials request with a wrong auth token",
-                    extra={"event": "auth_denied", "role": name, "remote": request.remote},
                 )
                 return error_response(
                     403,
@@ -118,6 +175,19 @@ class CredentialsHandler:
                 "(see its log and /readyz)",
                 headers={"Retry-After": "1"},
             )
+        if self._audit:
+            log.info(
+                "served credentials of role %s",
+                name,
+                extra={
+                    "event": "served",
+                    "role": name,
+                    "remote": request.remote,
+                    "user_agent": request.headers.get("User-Agent", ""),
+                    "access_key_id": mask_key_id(snap.credentials.access_key_id),
+                    "expires": format_expiration(snap.credentials.expiration),
+                },
+            )
         return web.Response(body=snap.body, content_type=_JSON, headers=_NO_STORE)
 
 
@@ -126,6 +196,7 @@ def create_app(
     default: str | None,
     metrics: Metrics,
     cold_start_wait: float,
+    audit: bool = False,
 ) -> web.Application:
     app = web.Application(middlewares=[_json_errors_and_metrics])
     app[METRICS] = metrics
@@ -158,7 +229,7 @@ def create_app(
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response
 
-    credentials = CredentialsHandler(endpoints, default, cold_start_wait).handle
+    credentials = CredentialsHandler(endpoints, default, cold_start_wait, audit).handle
     app.router.add_get(CREDENTIALS_PATH, credentials, allow_head=False)
     app.router.add_get(CREDENTIALS_PATH + "/{role}", credentials, allow_head=False)
     app.router.add_get("/healthz", healthz, allow_head=False)

@@ -20,7 +20,7 @@ from sidecar.config import RefreshPolicy
 from sidecar.errors import Disposition, StsError
 from sidecar.metrics import Metrics
 from sidecar.refresher import Refresher
-from sidecar.server import RoleEndpoint, create_app
+from sidecar.server import LogThrottle, RoleEndpoint, create_app
 from tests.fakes import FakeClock, FakeExchanger, settle
 
 TOKEN = "t0ken-for-tests-0123456789abcdef"
@@ -203,3 +203,28 @@ async def test_insecure_no_auth_serves_anyone(tmp_path: Path) -> None:
     finally:
         h.task.cancel()
         await h.client.close()
+
+
+async def test_refusals_are_logged_once_a_minute(
+    ready: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client looping with a wrong token produces one warning, not one per request."""
+    for _ in range(20):
+        await ready.client.get("/v1/credentials", headers={"Authorization": "wrong"})
+    denied = [r for r in caplog.records if getattr(r, "event", "") == "auth_denied"]
+    assert len(denied) == 1
+
+
+def test_log_throttle_reports_what_it_dropped() -> None:
+    """After the interval the next line carries the number suppressed; the table is bounded."""
+    now = [0.0]
+    throttle = LogThrottle(interval=60, monotonic=lambda: now[0], max_keys=3)
+    assert throttle.allow("auth_denied", "default", "127.0.0.1") == 0
+    assert throttle.allow("auth_denied", "default", "127.0.0.1") is None
+    assert throttle.allow("auth_denied", "default", "127.0.0.1") is None
+    assert throttle.allow("auth_missing", "default", "127.0.0.1") == 0  # another key
+    now[0] = 61
+    assert throttle.allow("auth_denied", "default", "127.0.0.1") == 2
+    for n in range(5):
+        throttle.allow("k", str(n))
+    assert len(throttle._seen) <= 3

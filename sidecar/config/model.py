@@ -95,6 +95,7 @@ class ServerConfig:
     port: int
     auth_token_file: Path | None
     insecure_no_auth: bool
+    audit_log: bool = False
 
 
 @dataclass(frozen=True)

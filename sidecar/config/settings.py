@@ -151,6 +151,13 @@ SETTINGS: tuple[Setting, ...] = (
         is_switch=True,
     ),
     _s("log_format", ("SIDECAR_LOG_FORMAT",), "text", "text or json"),
+    _s(
+        "audit_log",
+        ("SIDECAR_AUDIT_LOG",),
+        None,
+        "log every credentials request served: role, client address, user agent, masked key",
+        is_switch=True,
+    ),
     _s("log_level", ("SIDECAR_LOG_LEVEL",), "info", "debug, info, warning or error"),
     _s(
         "refresh_ahead_ratio",

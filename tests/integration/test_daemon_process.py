@@ -122,7 +122,7 @@ def test_in_flight_request_finishes_during_shutdown(
 
 def test_no_secret_in_output(emulator: EmulatorThread, tmp_path: Path) -> None:
     """Credentials, the auth token and the web-identity token never appear in the logs."""
-    args = upstream_args(emulator, tmp_path, "--log-level", "debug")
+    args = upstream_args(emulator, tmp_path, "--log-level", "debug", "--audit-log")
     with daemon(args) as process:
         process.wait_event("exchanged")
         auth = (tmp_path / "auth-token").read_text()
@@ -145,6 +145,10 @@ def test_no_secret_in_output(emulator: EmulatorThread, tmp_path: Path) -> None:
     ):
         assert secret not in output
     assert creds["AccessKeyId"][:4] + "..." + creds["AccessKeyId"][-4:] in output
+    (served,) = process.events("served")  # the audit line: who got which (masked) key
+    assert served["role"] == "default"
+    assert served["remote"] == "127.0.0.1"
+    assert served["user_agent"].startswith("Python-urllib")
 
 
 def test_dev_mode_answers_a_real_aws_cli(tmp_path: Path) -> None:
