@@ -118,6 +118,11 @@ def dev_instructions(running: Running, dev: DevEnvironment) -> str:
         lines.append(
             f"export AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE={shlex.quote(running.auth_token_file)}"
         )
+    if running.imds_url:
+        lines.append(
+            f"# or, for IMDS clients: export AWS_EC2_METADATA_SERVICE_ENDPOINT="
+            f"{shlex.quote(running.imds_url)}"
+        )
     lines += [
         f"export AWS_ENDPOINT_URL_STS={shlex.quote(dev.sts_url)}",
         "export AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1",

@@ -26,6 +26,7 @@ from sidecar.chain import ChainExchanger
 from sidecar.clock import Clock, SystemClock
 from sidecar.config import Config, config_warnings
 from sidecar.errors import ListenError
+from sidecar.imds import create_imds_app
 from sidecar.metrics import Metrics
 from sidecar.refresher import Refresher
 from sidecar.server import CREDENTIALS_PATH, RoleEndpoint, create_app
@@ -49,6 +50,8 @@ class Running:
     default: Refresher | None
     #: ...and the file holding the token that opens it (None without auth).
     auth_token_file: str | None
+    #: ``AWS_EC2_METADATA_SERVICE_ENDPOINT`` for the IMDS listener, if there is one.
+    imds_url: str | None = None
 
     def refresh_now(self) -> None:
         """Every role refreshes at once instead of waiting for its schedule or backoff."""
@@ -73,9 +76,29 @@ def load_auth(path: Path, clock: Clock) -> AuthToken:
     return AuthToken(path, clock.monotonic)
 
 
-def _base_url(host: str, port: int) -> str:
+def _base_url(host: str, port: int, path: str = CREDENTIALS_PATH) -> str:
     shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}{CREDENTIALS_PATH}"
+    return f"http://{shown}:{port}{path}"
+
+
+async def _listen(
+    stack: contextlib.AsyncExitStack, app: web.Application, host: str, port: int, flag: str
+) -> tuple[str, int]:
+    """Serve ``app`` on host:port until ``stack`` closes; the address actually bound."""
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_GRACE
+    )
+    await runner.setup()
+    stack.push_async_callback(runner.cleanup)
+    try:
+        await web.TCPSite(runner, host, port, reuse_address=True).start()
+    except OSError as exc:
+        raise ListenError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}. Pick another {flag} "
+            "address or stop whatever holds it"
+        ) from None
+    bound_host, bound_port = runner.addresses[0][:2]
+    return str(bound_host), int(bound_port)
 
 
 @contextlib.asynccontextmanager
@@ -126,30 +149,33 @@ async def running_daemon(
             stack.push_async_callback(_cancel, task)
             endpoints[role.name] = RoleEndpoint(refresher, auth)
 
-        runner = web.AppRunner(
-            create_app(
-                endpoints,
-                config.default_role,
-                metrics,
-                config.refresh.cold_start_wait,
-                audit=config.server.audit_log,
-            ),
-            handle_signals=False,
-            access_log=None,
-            shutdown_timeout=SHUTDOWN_GRACE,
+        app = create_app(
+            endpoints,
+            config.default_role,
+            metrics,
+            config.refresh.cold_start_wait,
+            audit=config.server.audit_log,
         )
-        await runner.setup()
-        stack.push_async_callback(runner.cleanup)
-        site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise ListenError(
-                f"cannot listen on {config.server.host}:{config.server.port}: "
-                f"{exc.strerror or exc}. Pick another --listen address or stop whatever holds it"
-            ) from None
-        host, port = runner.addresses[0][:2]
+        host, port = await _listen(stack, app, config.server.host, config.server.port, "--listen")
         base = _base_url(host, port)
+        imds_url = None
+        if config.server.imds_host is not None and config.server.imds_role is not None:
+            role = config.role_named(config.server.imds_role)
+            imds_app = create_imds_app(endpoints[role.name].refresher, role.role_arn, metrics)
+            imds_host, imds_port = await _listen(
+                stack,
+                imds_app,
+                config.server.imds_host,
+                config.server.imds_port,
+                "--imds-listen",
+            )
+            imds_url = _base_url(imds_host, imds_port, "/")
+            log.info(
+                "serving role %s over IMDSv2 on %s (no client auth)",
+                role.name,
+                imds_url,
+                extra={"event": "imds_started", "url": imds_url, "role": role.name},
+            )
         roles = {r.name: r.role_arn for r in config.roles}
         log.info(
             "credential-sidecar %s serving %d role(s) on %s",
@@ -170,6 +196,7 @@ async def running_daemon(
             url=base,
             refreshers={n: e.refresher for n, e in endpoints.items()},
             default=default.refresher if default else None,
+            imds_url=imds_url,
             auth_token_file=str(default.auth.path) if default and default.auth else None,
         )
         log.info("stopping: no longer accepting connections", extra={"event": "stopping"})

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import random
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from sidecar.clock import Clock
 from sidecar.config import RefreshPolicy
@@ -42,6 +43,8 @@ class Snapshot:
 
     credentials: Credentials
     body: bytes = field(repr=False)
+    #: Wall time of the exchange (IMDS reports it as LastUpdated).
+    obtained_on: datetime
     obtained_at: float
     expires_at: float
     refresh_at: float
@@ -171,6 +174,7 @@ class Refresher:
         snap = Snapshot(
             credentials=creds,
             body=render_container_json(creds),
+            obtained_on=self._clock.now(),
             obtained_at=now,
             expires_at=now + lifetime,
             refresh_at=now + lifetime - self._policy.refresh_ahead(lifetime),

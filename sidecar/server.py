@@ -55,7 +55,7 @@ def error_response(
 
 
 @web.middleware
-async def _json_errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def json_errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         response = await handler(request)
     except web.HTTPException as exc:
@@ -198,7 +198,7 @@ def create_app(
     cold_start_wait: float,
     audit: bool = False,
 ) -> web.Application:
-    app = web.Application(middlewares=[_json_errors_and_metrics])
+    app = web.Application(middlewares=[json_errors_and_metrics])
     app[METRICS] = metrics
 
     async def healthz(_: web.Request) -> web.Response:

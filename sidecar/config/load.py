@@ -130,6 +130,24 @@ def load_config(
         roles = (flag_role(raw, environ, check),)
         default_role = "default"
 
+    imds_host, imds_port = None, 0
+    imds_role = raw["imds_role"][0] or default_role
+    if raw["imds_listen"][0]:
+        try:
+            imds_host, imds_port = parse_listen(raw["imds_listen"][0])
+        except ValueError as exc:
+            check.add(
+                f"{raw['imds_listen'][1]}={raw['imds_listen'][0]!r} is not a listen "
+                f"address ({exc}): use 172.17.0.1:8077 or 127.0.0.1:8077"
+            )
+        if imds_role is None:
+            check.add("--imds-listen needs --imds-role NAME: there is no default role")
+        elif imds_role not in {r.name for r in roles}:
+            check.add(
+                f"{raw['imds_role'][1]}={imds_role!r} is not one of the roles "
+                f"({', '.join(r.name for r in roles)})"
+            )
+
     if not auth_text and not insecure and any(r.auth_token_file is None for r in roles):
         check.add(
             "no auth token file: pass --auth-token-file PATH (created with a random "
@@ -150,6 +168,9 @@ def load_config(
             Path(auth_text) if auth_text else None,
             insecure,
             audit_log=truthy(raw["audit_log"][0]),
+            imds_host=imds_host,
+            imds_port=imds_port,
+            imds_role=imds_role if imds_host is not None else None,
         ),
         log_format=log_format,
         log_level=log_level,
@@ -216,6 +237,13 @@ def config_warnings(config: Config) -> list[str]:
                 f"role {role.name}: the token in {role.token.env_var} cannot be renewed; "
                 "credentials stop refreshing once it expires"
             )
+    if config.server.imds_host is not None:
+        role = config.role_named(config.server.imds_role or "")
+        warnings.append(
+            f"IMDS listener on {config.server.imds_host}:{config.server.imds_port} has no "
+            f"client auth: anything that can reach it gets role {role.name} "
+            f"({role.role_arn}); bind it to an address only your build containers reach"
+        )
     if config.server.insecure_no_auth:
         warnings.append(
             "--insecure-no-auth: ANY process that can reach "

@@ -96,6 +96,10 @@ class ServerConfig:
     auth_token_file: Path | None
     insecure_no_auth: bool
     audit_log: bool = False
+    #: The IMDSv2-compatible listener, off when imds_host is None.
+    imds_host: str | None = None
+    imds_port: int = 0
+    imds_role: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,3 +115,6 @@ class Config:
     dev: bool
     #: Valid but questionable choices, logged at startup.
     notes: tuple[str, ...] = ()
+
+    def role_named(self, name: str) -> RoleConfig:
+        return next(r for r in self.roles if r.name == name)

@@ -138,6 +138,18 @@ SETTINGS: tuple[Setting, ...] = (
         "HOST:PORT to serve on ([::1]:PORT for IPv6; port 0 picks a free one)",
     ),
     _s(
+        "imds_listen",
+        ("SIDECAR_IMDS_LISTEN",),
+        None,
+        "also serve one role over the IMDSv2 protocol on HOST:PORT (no client auth token!)",
+    ),
+    _s(
+        "imds_role",
+        ("SIDECAR_IMDS_ROLE",),
+        None,
+        "the role the IMDS listener serves (default: the default role)",
+    ),
+    _s(
         "auth_token_file",
         ("SIDECAR_AUTH_TOKEN_FILE",),
         None,
