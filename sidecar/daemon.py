@@ -161,7 +161,12 @@ async def running_daemon(
         imds_url = None
         if config.server.imds_host is not None and config.server.imds_role is not None:
             role = config.role_named(config.server.imds_role)
-            imds_app = create_imds_app(endpoints[role.name].refresher, role.role_arn, metrics)
+            imds_app = create_imds_app(
+                endpoints[role.name].refresher,
+                role.role_arn,
+                metrics,
+                config.refresh.cold_start_wait,
+            )
             imds_host, imds_port = await _listen(
                 stack,
                 imds_app,

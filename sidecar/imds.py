@@ -67,7 +67,11 @@ def role_name(role_arn: str) -> str:
 
 
 def create_imds_app(
-    refresher: Refresher, role_arn: str, metrics: Metrics, tokens: SessionTokens | None = None
+    refresher: Refresher,
+    role_arn: str,
+    metrics: Metrics,
+    cold_start_wait: float,
+    tokens: SessionTokens | None = None,
 ) -> web.Application:
     tokens = tokens or SessionTokens()
     name = role_name(role_arn)
@@ -99,7 +103,7 @@ def create_imds_app(
         if request.match_info["name"] != name:
             return web.Response(status=404, text="Not Found")
         request[ROLE] = refresher.name
-        snap = await refresher.wait_servable(0.8)
+        snap = await refresher.wait_servable(cold_start_wait)
         if snap is None:
             return web.Response(
                 status=503, text="credentials unavailable", headers={"Retry-After": "1"}

@@ -38,7 +38,9 @@ async def imds() -> AsyncIterator[tuple[Client, Refresher]]:
     )
     task = asyncio.create_task(refresher.run())
     await settle()
-    client = TestClient(TestServer(create_imds_app(refresher, ROLE, metrics), host="127.0.0.1"))
+    client = TestClient(
+        TestServer(create_imds_app(refresher, ROLE, metrics, 0.2), host="127.0.0.1")
+    )
     await client.start_server()
     yield client, refresher
     task.cancel()
