@@ -138,6 +138,20 @@ def clean_aws_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def run_sidecar(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``python -m sidecar ARGS`` to completion, output captured, in a clean AWS env."""
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", *args],
+        env=env if env is not None else clean_aws_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 class DaemonProcess:
     """``python -m sidecar serve`` as a real child process with JSON logs on stderr."""
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,7 +12,7 @@ import pytest
 from sidecar.devmode.issuer import OidcIssuer
 from sidecar.tokens import TokenClaims, inspect_token
 from sidecar.trust_policy import check, check_token
-from tests.peers import clean_aws_env
+from tests.peers import run_sidecar
 
 GH = "token.actions.githubusercontent.com"
 ISSUER = OidcIssuer(f"https://{GH}")
@@ -151,21 +149,12 @@ def test_inspect_command(tmp_path: Path) -> None:
             }
         )
     )
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sidecar",
-            "inspect",
-            "--token-file",
-            str(tmp_path / "token"),
-            "--trust-policy",
-            str(tmp_path / "role.json"),
-        ],
-        env=clean_aws_env(),
-        capture_output=True,
-        text=True,
-        timeout=30,
+    result = run_sidecar(
+        "inspect",
+        "--token-file",
+        str(tmp_path / "token"),
+        "--trust-policy",
+        str(tmp_path / "role.json"),
     )
     assert result.returncode == 4, result.stderr
     assert f"sub    {SUB}" in result.stdout
@@ -181,23 +170,11 @@ def test_inspect_command_ok_and_bad_policy_file(tmp_path: Path) -> None:
     (tmp_path / "ok.json").write_text(
         json.dumps(policy({"StringEquals": {f"{GH}:aud": "sts.amazonaws.com", f"{GH}:sub": SUB}}))
     )
-    base = [sys.executable, "-m", "sidecar", "inspect", "--token-file", str(tmp_path / "token")]
-    ok = subprocess.run(
-        [*base, "--trust-policy", str(tmp_path / "ok.json")],
-        env=clean_aws_env(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    base = ["inspect", "--token-file", str(tmp_path / "token")]
+    ok = run_sidecar(*base, "--trust-policy", str(tmp_path / "ok.json"))
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "no problems found" in ok.stdout
     (tmp_path / "bad.json").write_text("{not json")
-    bad = subprocess.run(
-        [*base, "--trust-policy", str(tmp_path / "bad.json")],
-        env=clean_aws_env(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    bad = run_sidecar(*base, "--trust-policy", str(tmp_path / "bad.json"))
     assert bad.returncode == 2
     assert "is not JSON" in bad.stderr

@@ -21,6 +21,7 @@ from tests.peers import (
     daemon,
     emulator_args,
     http_get,
+    run_sidecar,
 )
 
 
@@ -33,25 +34,16 @@ def upstream_args(emulator: EmulatorThread, tmp_path: Path, *extra: str) -> list
 
 def test_bad_configuration_exits_2_listing_every_problem(tmp_path: Path) -> None:
     """Several bad values: exit 2, each named with its fix, and no traceback."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sidecar",
-            "serve",
-            "--role-arn",
-            "arn:aws:iam::1:role/x",
-            "--token-file",
-            str(tmp_path / "missing"),
-            "--duration",
-            "50000",
-            "--listen",
-            "nowhere",
-        ],
-        env=clean_aws_env(),
-        capture_output=True,
-        text=True,
-        timeout=30,
+    result = run_sidecar(
+        "serve",
+        "--role-arn",
+        "arn:aws:iam::1:role/x",
+        "--token-file",
+        str(tmp_path / "missing"),
+        "--duration",
+        "50000",
+        "--listen",
+        "nowhere",
     )
     assert result.returncode == 2
     assert "invalid configuration (5 problems)" in result.stderr

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.peers import EmulatorThread, clean_aws_env, emulator_args
+from tests.peers import EmulatorThread, clean_aws_env, emulator_args, run_sidecar
 
 EXEC = [sys.executable, "-m", "sidecar", "exec"]
 PRINT_ENV = (
@@ -21,23 +21,17 @@ PRINT_ENV = (
 
 def test_dev_exec_runs_the_aws_cli() -> None:
     """One command, no AWS account: the CLI gets refreshed credentials and calls STS."""
-    result = subprocess.run(
-        [
-            *EXEC,
-            "--dev",
-            "--",
-            sys.executable,
-            "-m",
-            "awscli",
-            "sts",
-            "get-caller-identity",
-            "--output",
-            "json",
-        ],
-        env=clean_aws_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
+    result = run_sidecar(
+        "exec",
+        "--dev",
+        "--",
+        sys.executable,
+        "-m",
+        "awscli",
+        "sts",
+        "get-caller-identity",
+        "--output",
+        "json",
     )
     assert result.returncode == 0, result.stderr
     assert ":assumed-role/credential-sidecar-dev/" in json.loads(result.stdout)["Arn"]
@@ -56,13 +50,7 @@ def test_child_environment_and_exit_code(emulator: EmulatorThread, tmp_path: Pat
         AWS_REGION="eu-west-1",
         SIDECAR_STS_ENDPOINT=emulator.url,
     )
-    result = subprocess.run(
-        [*EXEC, "--", sys.executable, "-c", PRINT_ENV],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_sidecar("exec", "--", sys.executable, "-c", PRINT_ENV, env=env)
     assert result.returncode == 7, result.stderr
     child = json.loads(result.stdout)
     for gone in (
@@ -91,21 +79,15 @@ def test_no_credentials_no_command(emulator: EmulatorThread, tmp_path: Path) -> 
     token.write_text(emulator.issuer.mint("repo:org/app"))
     marker = tmp_path / "ran"
     args = emulator_args(emulator, token, tmp_path / "auth")
-    result = subprocess.run(
-        [
-            *EXEC,
-            *args,
-            "--wait",
-            "1",
-            "--",
-            sys.executable,
-            "-c",
-            f"open({str(marker)!r}, 'w').close()",
-        ],
-        env=clean_aws_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
+    result = run_sidecar(
+        "exec",
+        *args,
+        "--wait",
+        "1",
+        "--",
+        sys.executable,
+        "-c",
+        f"open({str(marker)!r}, 'w').close()",
     )
     assert result.returncode == 5
     assert not marker.exists()
@@ -149,8 +131,6 @@ def test_sigterm_is_forwarded(emulator: EmulatorThread, tmp_path: Path) -> None:
 
 def test_exec_needs_a_command() -> None:
     """Without a command, exec explains its usage (argparse exit 2)."""
-    result = subprocess.run(
-        [*EXEC, "--dev"], env=clean_aws_env(), capture_output=True, text=True, timeout=30
-    )
+    result = run_sidecar("exec", "--dev")
     assert result.returncode == 2
     assert "exec needs a command" in result.stderr

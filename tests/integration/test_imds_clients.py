@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from tests.peers import (
     daemon,
     emulator_args,
     http_get,
+    run_sidecar,
 )
 
 
@@ -82,26 +82,17 @@ def test_imds_role_must_exist(tmp_path: Path) -> None:
     """--imds-role naming no configured role is a configuration error."""
     token = tmp_path / "token"
     token.write_text("a.b.c")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sidecar",
-            "serve",
-            "--role-arn",
-            "arn:aws:iam::123456789012:role/ci",
-            "--token-file",
-            str(token),
-            "--insecure-no-auth",
-            "--imds-listen",
-            "127.0.0.1:0",
-            "--imds-role",
-            "nope",
-        ],
-        env=clean_aws_env(),
-        capture_output=True,
-        text=True,
-        timeout=30,
+    result = run_sidecar(
+        "serve",
+        "--role-arn",
+        "arn:aws:iam::123456789012:role/ci",
+        "--token-file",
+        str(token),
+        "--insecure-no-auth",
+        "--imds-listen",
+        "127.0.0.1:0",
+        "--imds-role",
+        "nope",
     )
     assert result.returncode == 2
     assert "'nope' is not one of the roles (default)" in result.stderr
