@@ -75,25 +75,18 @@ def proxy() -> Iterator[ForwardingProxy]:
         yield running
 
 
-def test_sts_calls_go_through_the_proxy(
-    emulator: EmulatorThread, proxy: ForwardingProxy, tmp_path: Path
+@pytest.mark.parametrize(("no_proxy", "proxied"), [("", True), ("127.0.0.1", False)])
+def test_sts_calls_honour_the_proxy_settings(
+    emulator: EmulatorThread,
+    proxy: ForwardingProxy,
+    tmp_path: Path,
+    no_proxy: str,
+    proxied: bool,
 ) -> None:
-    """With HTTP_PROXY set, the exchange reaches STS through the proxy."""
+    """With HTTP_PROXY set the exchange goes through the proxy, unless NO_PROXY lists STS."""
     token = tmp_path / "token"
     token.write_text(emulator.issuer.mint("repo:org/app"))
-    env = clean_aws_env(HTTP_PROXY=proxy.url, NO_PROXY="")
+    env = clean_aws_env(HTTP_PROXY=proxy.url, NO_PROXY=no_proxy)
     with daemon(emulator_args(emulator, token, tmp_path / "auth"), env=env) as process:
         process.wait_event("exchanged")
-    assert any(line == f"POST {emulator.url}/" for line in proxy.forwarded), proxy.forwarded
-
-
-def test_no_proxy_is_honoured(
-    emulator: EmulatorThread, proxy: ForwardingProxy, tmp_path: Path
-) -> None:
-    """NO_PROXY listing the STS host bypasses the proxy."""
-    token = tmp_path / "token"
-    token.write_text(emulator.issuer.mint("repo:org/app"))
-    env = clean_aws_env(HTTP_PROXY=proxy.url, NO_PROXY="127.0.0.1")
-    with daemon(emulator_args(emulator, token, tmp_path / "auth"), env=env) as process:
-        process.wait_event("exchanged")
-    assert proxy.forwarded == []
+    assert (f"POST {emulator.url}/" in proxy.forwarded) is proxied, proxy.forwarded
