@@ -152,6 +152,16 @@ def run_sidecar(
     )
 
 
+def run_node(script: Path, env: dict[str, str]) -> dict[str, Any]:
+    """Run the JavaScript SDK client script; its one-line JSON report."""
+    result = subprocess.run(
+        ["node", str(script)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout, result.stderr
+    out: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return out
+
+
 class DaemonProcess:
     """``python -m sidecar serve`` as a real child process with JSON logs on stderr."""
 

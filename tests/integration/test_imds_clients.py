@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from tests.peers import (
     daemon,
     emulator_args,
     http_get,
+    run_node,
     run_sidecar,
 )
 
@@ -66,14 +66,7 @@ def test_javascript_instance_metadata_provider(
 ) -> None:
     """fromInstanceMetadata() walks the IMDSv2 flow and gets the credentials."""
     _, url = imds_daemon
-    result = subprocess.run(
-        ["node", str(node_client)],
-        env=imds_env(url, PROVIDER="imds"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out = run_node(node_client, imds_env(url, PROVIDER="imds"))
     assert out["ok"], out
     assert out["accessKeyId"].startswith("ASIA")
 

@@ -20,7 +20,7 @@ import pytest
 from botocore.exceptions import CredentialRetrievalError
 
 from sidecar.devmode.issuer import OidcIssuer
-from tests.peers import DaemonProcess, clean_aws_env, daemon, http_get
+from tests.peers import DaemonProcess, clean_aws_env, daemon, http_get, run_node
 
 ROLE = "arn:aws:iam::123456789012:role/ci-deploy"
 
@@ -135,15 +135,6 @@ def test_aws_cli(served: Served) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert ":assumed-role/ci-deploy/" in json.loads(result.stdout)["Arn"]
-
-
-def run_node(script: Path, env: dict[str, str]) -> dict[str, Any]:
-    result = subprocess.run(
-        ["node", str(script)], env=env, capture_output=True, text=True, timeout=60
-    )
-    assert result.stdout, result.stderr
-    out: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
-    return out
 
 
 def test_javascript_sdk_v3(served: Served, node_client: Path) -> None:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
 import time
 from pathlib import Path
 
 import boto3
 import pytest
 
-from tests.peers import EmulatorThread, clean_aws_env, daemon, emulator_args, http_get
+from tests.peers import EmulatorThread, clean_aws_env, daemon, emulator_args, http_get, run_node
 
 
 def boto3_credentials(monkeypatch: pytest.MonkeyPatch, **env: str) -> object:
@@ -100,11 +98,8 @@ def test_javascript_sdk_retries_a_cold_start_503(
             AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=str(tmp_path / "auth-token"),
             FROM_HTTP_MAX_RETRIES="4",
         )
-        result = subprocess.run(
-            ["node", str(node_client)], env=env, capture_output=True, text=True, timeout=60
-        )
+        out = run_node(node_client, env)
         metrics = http_get(process.base + "/metrics")[2].decode()
-    out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["ok"], out
     assert 'route="/v1/credentials",status="503"}' in metrics
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ import boto3
 import pytest
 from botocore.exceptions import CredentialRetrievalError
 
-from tests.peers import DaemonProcess, EmulatorThread, clean_aws_env, daemon, http_get
+from tests.peers import DaemonProcess, EmulatorThread, clean_aws_env, daemon, http_get, run_node
 
 A = "arn:aws:iam::123456789012:role/"
 
@@ -116,14 +115,7 @@ def test_javascript_sdk_gets_a_named_role(
 ) -> None:
     """fromHttp() with a role URL and that role's token works."""
     process, tmp = roles
-    result = subprocess.run(
-        ["node", str(node_client)],
-        env=sdk_env(process, "build", tmp / "build.token"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out = run_node(node_client, sdk_env(process, "build", tmp / "build.token"))
     assert out["ok"], out
 
 
