@@ -32,8 +32,18 @@ from aiohttp import web
 
 from sidecar.credentials import format_expiration
 from sidecar.metrics import Metrics
+from sidecar.ratelimit import FailureLimiter
+from sidecar.rebinding import refuse_rebinding
 from sidecar.refresher import Refresher
-from sidecar.server import METRICS, ROLE, json_errors_and_metrics
+from sidecar.server import (
+    DEFAULT_REFUSAL_LOG_BUDGET,
+    LIMITER,
+    METRICS,
+    REFUSAL_LOG,
+    ROLE,
+    LogThrottle,
+    json_errors_and_metrics,
+)
 
 TOKEN_PATH = "/latest/api/token"  # noqa: S105 - a path, not a password
 CREDENTIALS_PATH = "/latest/meta-data/iam/security-credentials/"
@@ -100,11 +110,18 @@ def create_imds_app(
     metrics: Metrics,
     cold_start_wait: float,
     tokens: SessionTokens | None = None,
+    limiter: FailureLimiter | None = None,
+    refusals: LogThrottle | None = None,
 ) -> web.Application:
+    """The IMDS app. It has no client auth, so it refuses DNS-rebinding requests (a Host
+    naming another host, any Origin); ``limiter``/``refusals`` as for ``create_app``."""
     tokens = tokens or SessionTokens()
     name = role_name(role_arn)
-    app = web.Application(middlewares=[json_errors_and_metrics])
+    app = web.Application(middlewares=[json_errors_and_metrics, refuse_rebinding])
     app[METRICS] = metrics
+    app[REFUSAL_LOG] = refusals or LogThrottle(budget=DEFAULT_REFUSAL_LOG_BUDGET)
+    if limiter is not None:
+        app[LIMITER] = limiter
 
     async def issue_token(request: web.Request) -> web.Response:
         if "X-Forwarded-For" in request.headers:
