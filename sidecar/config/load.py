@@ -141,7 +141,7 @@ def load_config(
         except ValueError as exc:
             check.add(
                 f"{raw['imds_listen'][1]}={raw['imds_listen'][0]!r} is not a listen "
-                f"address ({exc}): use 172.17.0.1:8077 or 127.0.0.1:8077"
+                f"address ({exc}): use 127.0.0.1:8077 or 169.254.170.23:80"
             )
         if imds_role is None:
             check.add("--imds-listen needs --imds-role NAME: there is no default role")
