@@ -11,9 +11,12 @@ through the same flow as on EC2:
     GET /latest/meta-data/iam/security-credentials/<role-name>   X-aws-ec2-metadata-token
 
 IMDS has no client auth token: anyone who can reach this listener gets the role. So it is
-off unless ``--imds-listen`` is given, serves one chosen role, insists on IMDSv2 session
-tokens (no GET without one, which blocks the classic SSRF pattern) and, like EC2's IMDSv2,
-refuses a token request that carries ``X-Forwarded-For`` (it came through a proxy).
+off unless ``--imds-listen`` is given, binds only loopback or link-local addresses unless
+``--insecure-allow-unauthenticated-network-listener`` (a bridge gateway needs it), serves
+one chosen role, insists on IMDSv2 session tokens (no GET without one, which blocks the
+classic SSRF pattern), refuses DNS-rebinding requests from web pages (``rebinding.py``)
+and, like EC2's IMDSv2, refuses a token request that carries ``X-Forwarded-For`` (it came
+through a proxy).
 """
 
 from __future__ import annotations

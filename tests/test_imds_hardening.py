@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
-from sidecar.config import RefreshPolicy, load_config
+from sidecar.config import RefreshPolicy, config_warnings, load_config
 from sidecar.config.settings import is_local_address
 from sidecar.errors import ConfigError
 from sidecar.imds import create_imds_app
@@ -229,3 +229,12 @@ def test_limit_defaults(token_file: Path) -> None:
     assert server.refusal_log_budget == 60
     off = load_config({"failed_request_rate": "0", "auth_token_file": "/run/a"}, _env(token_file))
     assert off.server.failed_request_rate is None
+
+
+def test_the_override_is_warned_about(token_file: Path) -> None:
+    """Using the network-listener override is repeated as a startup warning."""
+    config = load_config(
+        {"imds_listen": "172.17.0.1:8077", "auth_token_file": "/run/a", OVERRIDE: "1"},
+        _env(token_file),
+    )
+    assert any(OVERRIDE.replace("_", "-") in w for w in config_warnings(config))

@@ -297,6 +297,12 @@ def config_warnings(config: Config) -> list[str]:
             f"client auth: anything that can reach it gets role {role.name} "
             f"({role.role_arn}); bind it to an address only your build containers reach"
         )
+    if config.server.allow_network_listener:
+        warnings.append(
+            "--insecure-allow-unauthenticated-network-listener: listeners without client auth "
+            "may be reachable from other containers or hosts; anything that reaches them gets "
+            "credentials"
+        )
     if config.server.insecure_no_auth:
         warnings.append(
             "--insecure-no-auth: ANY process that can reach "
