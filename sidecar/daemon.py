@@ -28,8 +28,9 @@ from sidecar.config import Config, config_warnings
 from sidecar.errors import ListenError
 from sidecar.imds import create_imds_app
 from sidecar.metrics import Metrics
+from sidecar.ratelimit import FailureLimiter
 from sidecar.refresher import Refresher
-from sidecar.server import CREDENTIALS_PATH, RoleEndpoint, create_app
+from sidecar.server import CREDENTIALS_PATH, LogThrottle, RoleEndpoint, create_app
 from sidecar.sts import StsClient
 from sidecar.tokens import HTTP_FETCH_TIMEOUT, build_token_source
 
@@ -149,12 +150,23 @@ async def running_daemon(
             stack.push_async_callback(_cancel, task)
             endpoints[role.name] = RoleEndpoint(refresher, auth)
 
+        # One refusal log budget and one failure limit per client across both listeners.
+        refusals = LogThrottle(monotonic=clock.monotonic, budget=config.server.refusal_log_budget)
+        rate = config.server.failed_request_rate
+        limiter = (
+            FailureLimiter(rate, config.server.failed_request_burst, clock.monotonic)
+            if rate
+            else None
+        )
         app = create_app(
             endpoints,
             config.default_role,
             metrics,
             config.refresh.cold_start_wait,
             audit=config.server.audit_log,
+            limiter=limiter,
+            refusals=refusals,
+            check_host=any(e.auth is None for e in endpoints.values()),
         )
         host, port = await _listen(stack, app, config.server.host, config.server.port, "--listen")
         base = _base_url(host, port)
@@ -166,6 +178,8 @@ async def running_daemon(
                 role.role_arn,
                 metrics,
                 config.refresh.cold_start_wait,
+                limiter=limiter,
+                refusals=refusals,
             )
             imds_host, imds_port = await _listen(
                 stack,

@@ -11,15 +11,23 @@ through the same flow as on EC2:
     GET /latest/meta-data/iam/security-credentials/<role-name>   X-aws-ec2-metadata-token
 
 IMDS has no client auth token: anyone who can reach this listener gets the role. So it is
-off unless ``--imds-listen`` is given, serves one chosen role, insists on IMDSv2 session
-tokens (no GET without one, which blocks the classic SSRF pattern) and, like EC2's IMDSv2,
-refuses a token request that carries ``X-Forwarded-For`` (it came through a proxy).
+off unless ``--imds-listen`` is given, binds only loopback or link-local addresses unless
+``--insecure-allow-unauthenticated-network-listener`` (a bridge gateway needs it), serves
+one chosen role, insists on IMDSv2 session tokens (no GET without one, which blocks the
+classic SSRF pattern), refuses DNS-rebinding requests from web pages (``rebinding.py``)
+and, like EC2's IMDSv2, refuses a token request that carries ``X-Forwarded-For`` (it came
+through a proxy).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
+import math
 import secrets
+import struct
 import time
 from collections.abc import Callable
 
@@ -27,38 +35,71 @@ from aiohttp import web
 
 from sidecar.credentials import format_expiration
 from sidecar.metrics import Metrics
+from sidecar.ratelimit import FailureLimiter
+from sidecar.rebinding import refuse_rebinding
 from sidecar.refresher import Refresher
-from sidecar.server import METRICS, ROLE, json_errors_and_metrics
+from sidecar.server import (
+    DEFAULT_REFUSAL_LOG_BUDGET,
+    LIMITER,
+    METRICS,
+    REFUSAL_LOG,
+    ROLE,
+    LogThrottle,
+    json_errors_and_metrics,
+)
 
 TOKEN_PATH = "/latest/api/token"  # noqa: S105 - a path, not a password
 CREDENTIALS_PATH = "/latest/meta-data/iam/security-credentials/"
 TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 TOKEN_HEADER = "X-aws-ec2-metadata-token"  # noqa: S105 - a header name
-MAX_TOKENS = 10_000
+MIN_TTL, MAX_TTL = 1, 21600
 
 
 class SessionTokens:
-    """IMDSv2 session tokens: random, with a TTL of 1..21600 s, in a bounded table."""
+    """IMDSv2 session tokens, stateless: nothing is stored, so nothing can be flooded or evicted.
+
+    A token is ``base64url(expiry || nonce || HMAC-SHA256(key, expiry || nonce))`` with a
+    random key per listener (so per process): checking one recomputes the MAC, compares it in
+    constant time and checks the expiry on the injected monotonic clock. Tokens die with the
+    process, as EC2's die with the instance's metadata service.
+    """
+
+    _EXPIRY = struct.Struct(">Q")  # expiry in milliseconds on the monotonic clock
+    _NONCE_BYTES = 16
+    _MAC_BYTES = hashlib.sha256().digest_size
+    _RAW_BYTES = _EXPIRY.size + _NONCE_BYTES + _MAC_BYTES
+    #: Every token has exactly this length: base64 of _RAW_BYTES bytes, no padding.
+    LENGTH = (_RAW_BYTES * 4 + 2) // 3
 
     def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._monotonic = monotonic
-        self._expiry: dict[str, float] = {}
+        self._key = secrets.token_bytes(32)
+
+    def _mac(self, payload: bytes) -> bytes:
+        return hmac.new(self._key, payload, hashlib.sha256).digest()
 
     def issue(self, ttl: int) -> str:
-        now = self._monotonic()
-        if len(self._expiry) >= MAX_TOKENS:
-            self._expiry = {t: e for t, e in self._expiry.items() if e > now}
-            while len(self._expiry) >= MAX_TOKENS:  # still full: drop the oldest
-                self._expiry.pop(next(iter(self._expiry)))
-        token = secrets.token_urlsafe(32)
-        self._expiry[token] = now + ttl
-        return token
+        if not 1 <= ttl <= 21600:
+            raise ValueError(f"ttl must be {MIN_TTL}..{MAX_TTL}")
+        expiry_ms = math.ceil((self._monotonic() + ttl) * 1000)
+        payload = self._EXPIRY.pack(expiry_ms) + secrets.token_bytes(self._NONCE_BYTES)
+        raw = payload + self._mac(payload)
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
     def valid(self, token: str | None) -> bool:
-        if not token:
+        if not token or len(token) != self.LENGTH or not token.isascii():
             return False
-        expiry = self._expiry.get(token)
-        return expiry is not None and expiry > self._monotonic()
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        except ValueError:  # binascii.Error: not base64
+            return False
+        if len(raw) != self._RAW_BYTES:
+            return False
+        payload, mac = raw[: -self._MAC_BYTES], raw[-self._MAC_BYTES :]
+        if not hmac.compare_digest(mac, self._mac(payload)):
+            return False
+        (expiry_ms,) = self._EXPIRY.unpack_from(payload)
+        return bool(expiry_ms > self._monotonic() * 1000)
 
 
 def role_name(role_arn: str) -> str:
@@ -72,11 +113,18 @@ def create_imds_app(
     metrics: Metrics,
     cold_start_wait: float,
     tokens: SessionTokens | None = None,
+    limiter: FailureLimiter | None = None,
+    refusals: LogThrottle | None = None,
 ) -> web.Application:
+    """The IMDS app. It has no client auth, so it refuses DNS-rebinding requests (a Host
+    naming another host, any Origin); ``limiter``/``refusals`` as for ``create_app``."""
     tokens = tokens or SessionTokens()
     name = role_name(role_arn)
-    app = web.Application(middlewares=[json_errors_and_metrics])
+    app = web.Application(middlewares=[json_errors_and_metrics, refuse_rebinding])
     app[METRICS] = metrics
+    app[REFUSAL_LOG] = refusals or LogThrottle(budget=DEFAULT_REFUSAL_LOG_BUDGET)
+    if limiter is not None:
+        app[LIMITER] = limiter
 
     async def issue_token(request: web.Request) -> web.Response:
         if "X-Forwarded-For" in request.headers:

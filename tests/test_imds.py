@@ -10,10 +10,12 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from sidecar.config import RefreshPolicy
-from sidecar.imds import MAX_TOKENS, SessionTokens, create_imds_app
+from sidecar.imds import SessionTokens, create_imds_app
 from sidecar.metrics import Metrics
 from sidecar.refresher import Refresher
 from tests.fakes import FakeClock, FakeExchanger, settle
@@ -106,14 +108,43 @@ async def test_unknown_role_name(imds: tuple[Client, Refresher]) -> None:
     assert response.status == 404
 
 
-def test_session_tokens_expire_and_are_bounded() -> None:
-    """Tokens live their TTL; the table never holds more than MAX_TOKENS."""
-    now = [0.0]
-    tokens = SessionTokens(lambda: now[0])
+async def test_session_tokens_expire_on_the_injected_clock() -> None:
+    """A token is valid for exactly its TTL on the monotonic clock it was given."""
+    clock = FakeClock()
+    tokens = SessionTokens(clock.monotonic)
     short = tokens.issue(10)
     assert tokens.valid(short)
-    now[0] = 11
+    await clock.advance(9.99)
+    assert tokens.valid(short)
+    await clock.advance(0.02)
     assert not tokens.valid(short)
-    for _ in range(MAX_TOKENS + 5):
+
+
+def test_a_token_flood_evicts_nobody() -> None:
+    """30,000 token requests later, a client's earlier session token still works."""
+    tokens = SessionTokens(FakeClock().monotonic)
+    mine = tokens.issue(21600)
+    for _ in range(30_000):
         tokens.issue(21600)
-    assert len(tokens._expiry) <= MAX_TOKENS
+    assert tokens.valid(mine)
+
+
+def test_tokens_cannot_be_forged_or_carried_over() -> None:
+    """A tampered token, or one from another process's key, is refused."""
+    clock = FakeClock()
+    tokens = SessionTokens(clock.monotonic)
+    good = tokens.issue(60)
+    for i in (0, len(good) // 2, len(good) - 2):
+        flipped = good[:i] + ("A" if good[i] != "A" else "B") + good[i + 1 :]
+        assert not tokens.valid(flipped)
+    assert not tokens.valid(SessionTokens(clock.monotonic).issue(60))
+    with pytest.raises(ValueError, match=r"1\.\.21600"):
+        tokens.issue(21601)
+    with pytest.raises(ValueError, match=r"1\.\.21600"):
+        tokens.issue(0)
+
+
+@given(st.text(max_size=200))
+def test_garbage_tokens_are_refused_without_errors(garbage: str) -> None:
+    """Any string that was not issued is simply invalid: no exception, no crash."""
+    assert not SessionTokens(FakeClock().monotonic).valid(garbage)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from sidecar.config import file as config_file
 from sidecar.config.checks import Checker, check_accounts_of
@@ -28,6 +30,7 @@ from sidecar.config.settings import (
     SETTINGS_BY_NAME,
     Raw,
     default_session_name,
+    is_local_address,
     parse_listen,
     resolve_raw,
     split_list,
@@ -138,7 +141,7 @@ def load_config(
         except ValueError as exc:
             check.add(
                 f"{raw['imds_listen'][1]}={raw['imds_listen'][0]!r} is not a listen "
-                f"address ({exc}): use 172.17.0.1:8077 or 127.0.0.1:8077"
+                f"address ({exc}): use 127.0.0.1:8077 or 169.254.170.23:80"
             )
         if imds_role is None:
             check.add("--imds-listen needs --imds-role NAME: there is no default role")
@@ -154,6 +157,8 @@ def load_config(
             "token if missing) or, to serve credentials to any local process, "
             "--insecure-no-auth"
         )
+
+    limits = request_limits(raw, host, insecure, imds_host, check)
 
     if check.problems:
         raise ConfigError(check.problems)
@@ -171,12 +176,60 @@ def load_config(
             imds_host=imds_host,
             imds_port=imds_port,
             imds_role=imds_role if imds_host is not None else None,
+            **limits,
         ),
         log_format=log_format,
         log_level=log_level,
         dev=truthy(raw["dev"][0]),
         notes=tuple(check.notes),
     )
+
+
+def request_limits(
+    raw: Raw, host: str, insecure: bool, imds_host: str | None, check: Checker
+) -> dict[str, Any]:
+    """The refusal and rate-limit settings, and where listeners without client auth may bind.
+
+    An unauthenticated listener on a non-local address serves anyone who can route to it,
+    and one on 0.0.0.0 or :: also every address of the host: both need the loud override.
+    """
+    allow_network = truthy(raw["insecure_allow_unauthenticated_network_listener"][0])
+    override = SETTINGS_BY_NAME["insecure_allow_unauthenticated_network_listener"].flag
+    unauthenticated = [(imds_host, raw["imds_listen"][1], "the IMDS listener")]
+    if insecure:
+        unauthenticated.append((host, raw["listen"][1], "--insecure-no-auth"))
+    for bind, source, what in unauthenticated:
+        if bind is not None and not allow_network and not is_local_address(bind):
+            unspecified = ipaddress.ip_address(bind).is_unspecified
+            kind = "every network of this host" if unspecified else "the network"
+            check.add(
+                f"{source}: {bind} exposes {what} (no client auth) to {kind}: bind a "
+                "loopback or link-local address (127.0.0.1, 169.254.170.23), or accept "
+                f"that anything reaching {bind} gets credentials with {override}"
+            )
+
+    def count(name: str, low: int, high: int) -> int:
+        text = raw[name][0] or ""
+        if not text.isdigit() or not low <= int(text) <= high:
+            check.add(f"{raw[name][1]}={text!r} must be a whole number from {low} to {high}")
+            return low
+        return int(text)
+
+    rate_text = raw["failed_request_rate"][0] or ""
+    rate = -1.0
+    with contextlib.suppress(ValueError):
+        rate = float(rate_text)
+    if not 0 <= rate <= 100_000:
+        check.add(
+            f"{raw['failed_request_rate'][1]}={rate_text!r} must be a number of requests per "
+            "second from 0 (no limit) to 100000"
+        )
+    return {
+        "failed_request_burst": count("failed_request_burst", 1, 1_000_000),
+        "failed_request_rate": rate if rate > 0 else None,
+        "refusal_log_budget": count("refusal_log_budget", 1, 1_000_000),
+        "allow_network_listener": allow_network,
+    }
 
 
 def flag_role(raw: Raw, environ: Mapping[str, str], check: Checker) -> RoleConfig:
@@ -243,6 +296,12 @@ def config_warnings(config: Config) -> list[str]:
             f"IMDS listener on {config.server.imds_host}:{config.server.imds_port} has no "
             f"client auth: anything that can reach it gets role {role.name} "
             f"({role.role_arn}); bind it to an address only your build containers reach"
+        )
+    if config.server.allow_network_listener:
+        warnings.append(
+            "--insecure-allow-unauthenticated-network-listener: listeners without client auth "
+            "may be reachable from other containers or hosts; anything that reaches them gets "
+            "credentials"
         )
     if config.server.insecure_no_auth:
         warnings.append(

@@ -100,6 +100,14 @@ class ServerConfig:
     imds_host: str | None = None
     imds_port: int = 0
     imds_role: str | None = None
+    #: Per client address: failing requests allowed at once, and refilled per second
+    #: (None: no limit). Only 4xx answers spend them; see sidecar/ratelimit.py.
+    failed_request_burst: int = 100
+    failed_request_rate: float | None = 20.0
+    #: Refused-request log lines per minute over all clients.
+    refusal_log_budget: int = 60
+    #: Allow listeners without client auth on non-local addresses (loudly named flag).
+    allow_network_listener: bool = False
 
 
 @dataclass(frozen=True)

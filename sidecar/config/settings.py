@@ -162,6 +162,14 @@ SETTINGS: tuple[Setting, ...] = (
         "serve credentials to ANY local caller without an auth token (not recommended)",
         is_switch=True,
     ),
+    _s(
+        "insecure_allow_unauthenticated_network_listener",
+        ("SIDECAR_INSECURE_ALLOW_UNAUTHENTICATED_NETWORK_LISTENER",),
+        None,
+        "allow the IMDS listener (or --insecure-no-auth) on an address other than loopback "
+        "or link-local: anything that reaches it gets credentials",
+        is_switch=True,
+    ),
     _s("log_format", ("SIDECAR_LOG_FORMAT",), "text", "text or json"),
     _s(
         "audit_log",
@@ -169,6 +177,24 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         "log every credentials request served: role, client address, user agent, masked key",
         is_switch=True,
+    ),
+    _s(
+        "refusal_log_budget",
+        ("SIDECAR_REFUSAL_LOG_BUDGET",),
+        "60",
+        "refused-request log lines per minute over all clients; one line counts the rest",
+    ),
+    _s(
+        "failed_request_rate",
+        ("SIDECAR_FAILED_REQUEST_RATE",),
+        "20",
+        "failed requests (4xx) per second a client address may make before 429s; 0: no limit",
+    ),
+    _s(
+        "failed_request_burst",
+        ("SIDECAR_FAILED_REQUEST_BURST",),
+        "100",
+        "failed requests a client address may make at once before 429s",
     ),
     _s("log_level", ("SIDECAR_LOG_LEVEL",), "info", "debug, info, warning or error"),
     _s(
@@ -293,6 +319,34 @@ def parse_listen(text: str) -> tuple[str, int]:
     if host != "localhost":
         ipaddress.ip_address(host)  # raises ValueError for names we cannot bind predictably
     return host, port
+
+
+#: Where a listener without client auth may bind: loopback and link-local (EC2 and ECS use
+#: fd00:ec2::23 and fd00:ec2::254). Not a docker bridge gateway: other hosts can route to it.
+LOCAL_NETWORKS = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "127.0.0.0/8",
+        "::1/128",
+        "169.254.0.0/16",
+        "fe80::/10",
+        "fd00:ec2::23/128",
+        "fd00:ec2::254/128",
+    )
+)
+
+
+def is_local_address(host: str) -> bool:
+    """True for ``localhost`` and addresses in LOCAL_NETWORKS (never 0.0.0.0 or ::)."""
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in LOCAL_NETWORKS)
 
 
 def split_list(text: str | None) -> tuple[str, ...]:
