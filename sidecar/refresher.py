@@ -151,8 +151,12 @@ class Refresher:
         only hides the first exchange's latency, it would just slow every 503 down.
         """
         snap = self.servable()
-        if snap is not None or at_most <= 0 or self._snapshot is not None:
+        if snap is not None or at_most <= 0:
             return snap
+        if self._snapshot is not None:
+            # Still a suspension point, so a caller polling in a loop lets the refresh run.
+            await asyncio.sleep(0)
+            return None
         updated = self._updated
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(at_most):

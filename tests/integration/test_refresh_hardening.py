@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sidecar.devmode.issuer import OidcIssuer
-from tests.peers import DaemonProcess, EmulatorThread, daemon, emulator_args
+from tests.peers import DaemonProcess, EmulatorThread, daemon, emulator_args, http_get
 
 
 def args_for(emulator: EmulatorThread, token_file: Path, tmp_path: Path, *extra: str) -> list[str]:
@@ -93,3 +93,23 @@ def test_sigterm_while_sts_hangs_is_clean(emulator: EmulatorThread, tmp_path: Pa
     assert errors_logged(process) == []
     assert not process.events("refresh_failed")
     assert "never retrieved" not in process.output
+
+
+def test_503_after_the_credentials_ran_out_is_immediate(
+    emulator: EmulatorThread, tmp_path: Path
+) -> None:
+    """Once a role had credentials, its 503s come at once, not after the cold-start wait."""
+    token = tmp_path / "token"
+    token.write_text(emulator.issuer.mint("repo:org/app"))
+    emulator.add_fault(lifetime=5, count=1)
+    margins = ["--safety-margin", "1s", "--refresh-ahead-min", "1s"]
+    args = args_for(emulator, token, tmp_path, *margins, "--cold-start-wait", "900ms")
+    with daemon(args) as process:
+        process.wait_event("exchanged")
+        emulator.add_fault(error="ServiceUnavailable", status=503, message="outage")
+        auth = process.auth_token()
+        wait_until(lambda: http_get(process.url, auth)[0] == 503, what="the credentials to run out")
+        for _ in range(3):
+            started = time.monotonic()
+            assert http_get(process.url, auth)[0] == 503
+            assert time.monotonic() - started < 0.5
