@@ -3,7 +3,9 @@
 ``ChainExchanger`` keeps the first hop's credentials and re-runs only the later hops while
 they have life left, so a chained role stays fresh without a new web-identity token (a
 GitHub token lives 5 minutes; the first hop can live 12 hours). A single-hop role is a
-chain of one.
+chain of one. When a later hop refuses the kept credentials (expired, or revoked with
+"revoke active sessions"), they are dropped and the chain restarts from the web identity
+at once; ``drop_cached`` (SIGHUP) forces the same.
 
 Session names (and source identities) can be templates of token claims (``{sub}``,
 ``{repository}``, ``{run_id}``) or of the previous hop (``{previous_session}``), sanitised
@@ -19,8 +21,8 @@ from typing import Any
 from sidecar.clock import Clock
 from sidecar.config import RoleConfig
 from sidecar.credentials import Credentials
-from sidecar.diagnosis import explain
-from sidecar.errors import AccountNotAllowedError, Disposition, SidecarError
+from sidecar.diagnosis import caller_rejected, explain
+from sidecar.errors import AccountNotAllowedError, Disposition, SidecarError, StsError
 from sidecar.sts import Hint, StsClient
 from sidecar.tokens import TokenClaims, TokenSource
 
@@ -139,8 +141,31 @@ class ChainExchanger:
                 f"({', '.join(allowed)}); refusing to serve them"
             )
 
+    def drop_cached(self) -> None:
+        self._first = None
+
     async def exchange(self) -> Credentials:
-        if self._first_hop_usable():
+        reused = self._first_hop_usable()
+        try:
+            return await self._run_chain(reused)
+        except StsError as exc:
+            if not caller_rejected(exc):
+                raise
+            # The kept first hop may be dead (revoked, expired early): never retry with it.
+            self._first = None
+            if not reused:
+                raise
+            log.warning(
+                "role %s: a later hop refused the kept first-hop credentials (%s); "
+                "restarting the chain from the web identity",
+                self.role.name,
+                exc.code,
+                extra={"event": "chain_restarted", "role": self.role.name, "error_code": exc.code},
+            )
+            return await self._run_chain(False)
+
+    async def _run_chain(self, reuse_first: bool) -> Credentials:
+        if reuse_first:
             assert self._first is not None
             creds = self._first
         else:

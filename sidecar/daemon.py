@@ -32,6 +32,7 @@ from sidecar.ratelimit import FailureLimiter
 from sidecar.refresher import Refresher
 from sidecar.server import CREDENTIALS_PATH, LogThrottle, RoleEndpoint, create_app
 from sidecar.sts import StsClient
+from sidecar.token_watch import watch_for
 from sidecar.tokens import HTTP_FETCH_TIMEOUT, build_token_source
 
 log = logging.getLogger(__name__)
@@ -55,10 +56,15 @@ class Running:
     imds_url: str | None = None
 
     def refresh_now(self) -> None:
-        """Every role refreshes at once instead of waiting for its schedule or backoff."""
-        log.info("refreshing every role now", extra={"event": "refresh_requested"})
-        for refresher in self.refreshers.values():
-            refresher.refresh_soon()
+        """Every role refreshes at once (whole chain) instead of waiting for its schedule
+        or backoff; requests are coalesced per role (see ``Refresher.refresh_soon``)."""
+        accepted = [name for name, r in self.refreshers.items() if r.refresh_soon()]
+        if accepted:
+            log.info(
+                "refreshing now: %s",
+                ", ".join(accepted),
+                extra={"event": "refresh_requested", "roles": accepted},
+            )
 
 
 def load_auth(path: Path, clock: Clock) -> AuthToken:
@@ -145,6 +151,8 @@ async def running_daemon(
                 clock,
                 metrics,
                 exchange_timeout=budget,
+                token_watch=watch_for(tokens),
+                clock_skew=lambda: sts.clock_skew,
             )
             task = asyncio.create_task(refresher.run(), name=f"refresher:{role.name}")
             stack.push_async_callback(_cancel, task)

@@ -7,10 +7,11 @@ the token's claims (never the token).
 
 from __future__ import annotations
 
+from datetime import datetime
 from urllib.parse import urlsplit
 
-from sidecar.credentials import account_from_arn
-from sidecar.errors import Disposition
+from sidecar.credentials import account_from_arn, format_expiration
+from sidecar.errors import Disposition, SidecarError, StsError, TokenError
 from sidecar.tokens import TokenClaims
 
 RETRYABLE_CODES = frozenset(
@@ -29,7 +30,20 @@ RETRYABLE_CODES = frozenset(
         "Timeout",
     }
 )
+THROTTLING_CODES = frozenset(
+    {"Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException"}
+)
 NEW_TOKEN_CODES = frozenset({"ExpiredTokenException", "ExpiredToken"})
+#: Web-identity refusals that a different token can cure (a fixed or rotated token file).
+TOKEN_CODES = frozenset({"InvalidIdentityToken", "ExpiredTokenException", "IDPRejectedClaim"})
+#: A later hop's AssumeRole refusing its caller: the previous hop's credentials expired or
+#: were revoked ("revoke active sessions"), so the chain must restart from the web identity.
+CALLER_REJECTED_CODES = frozenset(
+    {"ExpiredToken", "InvalidClientTokenId", "AccessDenied", "AccessDeniedException"}
+)
+#: Our clock and the ``Date`` of STS's answer differing by less than this is measurement
+#: noise (``Date`` has 1 s resolution, plus the request's latency).
+SKEW_TOLERANCE = 5.0
 #: Retried quickly a few times (STS fetching the issuer's JWKS can race a key rotation),
 #: then treated as needing an operator.
 FLAKY_CODES = {"InvalidIdentityToken": 3}
@@ -61,6 +75,62 @@ def classify(code: str, http_status: int | None) -> Disposition:
     if http_status is None or http_status >= 500:
         return Disposition.RETRY
     return Disposition.FATAL
+
+
+def is_throttling(error: SidecarError) -> bool:
+    """STS asked us to slow down (Throttling, "Rate exceeded")."""
+    return error.code in THROTTLING_CODES or "rate exceeded" in str(error).lower()
+
+
+def token_at_fault(error: SidecarError) -> bool:
+    """The failure is the web-identity token's: reading it, or STS refusing it.
+
+    Such a failure may end as soon as the token source holds a different token.
+    """
+    if isinstance(error, TokenError):
+        return True
+    return isinstance(error, StsError) and error.code in TOKEN_CODES
+
+
+def caller_rejected(error: SidecarError) -> bool:
+    """A chained hop's AssumeRole refused the credentials of the hop before it."""
+    return (
+        isinstance(error, StsError)
+        and error.operation == "AssumeRole"
+        and error.code in CALLER_REJECTED_CODES
+    )
+
+
+def short_lifetime(
+    expiration: datetime, local_now: datetime, skew: float | None, margin: float
+) -> tuple[bool, str]:
+    """Why STS's credentials have less than ``margin`` left: (is the clock to blame, text).
+
+    ``skew`` is our wall clock minus the ``Date`` of STS's answer (None if unknown).
+    """
+    left = (expiration - local_now).total_seconds()
+    text = (
+        f"STS returned credentials expiring at {format_expiration(expiration)}, {left:.0f}s "
+        f"from now by the local clock ({format_expiration(local_now)}), which is not more "
+        f"than the safety margin ({margin:g}s)"
+    )
+    if skew is None:
+        return True, (
+            f"{text}: either the system clock is off (fix it: NTP) or STS granted a session "
+            "that short (check the role's MaxSessionDuration and the requested duration)"
+        )
+    granted = left + skew
+    if abs(skew) > SKEW_TOLERANCE and granted > margin:
+        direction = "ahead of" if skew > 0 else "behind"
+        return True, (
+            f"{text}: the local clock is {abs(skew):.0f}s {direction} STS's (from the Date "
+            "of its answer): fix the system clock (NTP)"
+        )
+    return False, (
+        f"{text}: the local clock agrees with STS's (within {max(abs(skew), 1):.0f}s), but "
+        f"STS granted only {granted:.0f}s: check the role's MaxSessionDuration and the "
+        "requested duration (--duration, or a lifetime cap in the STS endpoint)"
+    )
 
 
 def quick_retry_limit(code: str) -> int | None:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -90,6 +90,18 @@ class Metrics:
             f"{PREFIX}_http_requests",
             "HTTP requests by route, role and status",
             ["route", "role", "status"],
+            registry=registry,
+        )
+        self.refresh_requests = Counter(
+            f"{PREFIX}_refresh_requests",
+            "Refresh requests (SIGHUP) by role and outcome: accepted, or coalesced into an "
+            "attempt that just ran, is running or is backing off from throttling",
+            ["role", "outcome"],
+            registry=registry,
+        )
+        self.clock_skew = Gauge(
+            f"{PREFIX}_clock_skew_seconds",
+            "Local wall clock minus the Date of STS's last answer (1 s resolution)",
             registry=registry,
         )
         # labels() takes a lock and builds a key on every call; the request path is hot and

@@ -11,10 +11,16 @@ The policy, in one place:
 * **Never serve the unusable**: a snapshot is servable only until ``safety_margin`` before
   its expiry; after that the endpoint answers 503 and ``/readyz`` fails.
 * **Single flight**: only ``run`` exchanges, one attempt at a time; readers never call STS.
-  They read an immutable ``Snapshot`` whose response body was rendered once.
+  They read an immutable ``Snapshot`` whose response body was rendered once. ``run`` owns
+  the attempt in flight: cancelling ``run`` cancels it and waits for it.
+* **Requests are coalesced**: ``refresh_soon`` (SIGHUP) costs at most one exchange per
+  ``REFRESH_REQUEST_DEBOUNCE`` seconds, and none during a throttling backoff.
+* **A new token is noticed**: while failing for a token reason, the token source is
+  watched and a changed token is tried at once (after the backoff floor).
 
-Expiry is tracked on the monotonic clock, from the lifetime STS granted, so a wall-clock
-jump cannot make us serve expired credentials or refresh in a loop.
+Expiry is tracked on the injected clock (``CLOCK_BOOTTIME`` on Linux: it counts suspend),
+from the lifetime STS granted, and checked against the wall clock as well: neither a wall
+clock jump nor a suspended laptop can make us serve expired credentials.
 """
 
 from __future__ import annotations
@@ -23,18 +29,27 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sidecar.clock import Clock
 from sidecar.config import RefreshPolicy
 from sidecar.credentials import Credentials, format_expiration, mask_key_id, render_container_json
-from sidecar.diagnosis import quick_retry_limit
+from sidecar.diagnosis import is_throttling, quick_retry_limit, short_lifetime, token_at_fault
 from sidecar.errors import Disposition, SidecarError, StsError
 from sidecar.metrics import Metrics, RoleStatus
 from sidecar.sts import Exchanger
+from sidecar.token_watch import TokenWatch
 
 log = logging.getLogger(__name__)
+
+#: A refresh request (SIGHUP) this soon after the last attempt waits until this long after
+#: it; one right after an attempt that was itself requested is answered by that attempt.
+REFRESH_REQUEST_DEBOUNCE = 5.0
+#: While failing for a token reason, how often the token source is looked at.
+TOKEN_WATCH_INTERVAL = 1.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +69,10 @@ class ClockSkewError(SidecarError):
     """STS granted credentials that our wall clock already considers (nearly) expired."""
 
 
+class ShortSessionError(SidecarError):
+    """STS granted credentials living less than the safety margin, by its own clock too."""
+
+
 class Refresher:
     def __init__(
         self,
@@ -65,6 +84,9 @@ class Refresher:
         metrics: Metrics,
         rng: random.Random | None = None,
         exchange_timeout: float | None = None,
+        token_watch: TokenWatch | None = None,
+        clock_skew: Callable[[], float | None] | None = None,
+        request_debounce: float = REFRESH_REQUEST_DEBOUNCE,
     ) -> None:
         self.name = name
         self._exchanger = exchanger
@@ -85,16 +107,36 @@ class Refresher:
         self._last_error_text: str | None = None
         self._same_code_failures = 0
         self._last_code: str | None = None
+        self._token_watch = token_watch
+        self._clock_skew = clock_skew or (lambda: None)
+        self._request_debounce = request_debounce
+        # Refresh requests: was the attempt in flight (or the last one) asked for, when did
+        # the last one end, and until when does a throttling backoff last?
+        self._requested = False
+        self._attempt_requested = False
+        self._last_attempt_end: float | None = None
+        self._throttled_until: float | None = None
+        self._coalesced_logged = False
+        self._restart_chain = False
+        #: The last failure, if it was the token's fault: when it happened.
+        self._token_failed_at: float | None = None
         metrics.watch_role(self.status)
 
     # -- readers -------------------------------------------------------------------------
 
     def servable(self) -> Snapshot | None:
-        """The current snapshot if it has more than the safety margin left, else None."""
+        """The current snapshot if it has more than the safety margin left, else None.
+
+        Both by the lifetime STS granted, on the monotonic clock, and by the wall clock
+        against ``Expiration``: after a suspend one of them may not have seen the time pass.
+        """
         snap = self._snapshot
         if snap is None:
             return None
-        if self._clock.monotonic() >= snap.expires_at - self._policy.safety_margin:
+        margin = self._policy.safety_margin
+        if self._clock.monotonic() >= snap.expires_at - margin:
+            return None
+        if (snap.credentials.expiration - self._clock.now()).total_seconds() <= margin:
             return None
         return snap
 
@@ -103,10 +145,18 @@ class Refresher:
         return self.servable() is not None
 
     async def wait_servable(self, at_most: float) -> Snapshot | None:
-        """A servable snapshot, waiting up to ``at_most`` seconds for one (cold start only)."""
+        """A servable snapshot, waiting up to ``at_most`` seconds for one (cold start only).
+
+        Once the role has had credentials, an unservable role answers at once: the wait
+        only hides the first exchange's latency, it would just slow every 503 down.
+        """
         snap = self.servable()
         if snap is not None or at_most <= 0:
             return snap
+        if self._snapshot is not None:
+            # Still a suspension point, so a caller polling in a loop lets the refresh run.
+            await asyncio.sleep(0)
+            return None
         updated = self._updated
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(at_most):
@@ -116,10 +166,14 @@ class Refresher:
     def status(self) -> RoleStatus:
         now = self._clock.monotonic()
         snap = self._snapshot
+        until_expiry = None
+        if snap is not None:
+            by_wall = (snap.credentials.expiration - self._clock.now()).total_seconds()
+            until_expiry = max(0.0, min(snap.expires_at - now, by_wall))
         return RoleStatus(
             role=self.name,
             ready=self.ready,
-            seconds_until_expiry=max(0.0, snap.expires_at - now) if snap else None,
+            seconds_until_expiry=until_expiry,
             seconds_since_success=(
                 None if self._last_success is None else now - self._last_success
             ),
@@ -135,12 +189,28 @@ class Refresher:
             self._inflight.add_done_callback(self._clear_inflight)
         return await asyncio.shield(self._inflight)
 
-    def _clear_inflight(self, _: asyncio.Future[Snapshot]) -> None:
+    def _clear_inflight(self, future: asyncio.Future[Snapshot]) -> None:
         self._inflight = None
+        self._last_attempt_end = self._clock.monotonic()
+        # Callers may have stopped waiting (cancelled): the outcome is seen here anyway,
+        # so asyncio never logs "Task exception was never retrieved".
+        if not future.cancelled():
+            future.exception()
+
+    async def _cancel_inflight(self) -> None:
+        inflight = self._inflight
+        if inflight is not None and not inflight.done():
+            inflight.cancel()
+            await asyncio.wait([inflight])
 
     async def _exchange(self) -> Snapshot:
+        self._attempt_requested, self._requested = self._requested, False
+        self._coalesced_logged = False
+        if self._restart_chain:
+            self._restart_chain = False
+            self._exchanger.drop_cached()
         try:
-            async with asyncio.timeout(self._exchange_timeout):
+            async with self._clock.timeout(self._exchange_timeout):
                 creds = await self._exchanger.exchange()
             snap = self._accept(creds)
         except SidecarError as exc:
@@ -166,11 +236,10 @@ class Refresher:
         # running behind cannot stretch it; a clock running ahead only shortens it.
         lifetime = min((creds.expiration - self._clock.now()).total_seconds(), self._duration)
         if lifetime <= self._policy.safety_margin:
-            raise ClockSkewError(
-                f"STS returned credentials expiring at {format_expiration(creds.expiration)}, "
-                f"but the local clock says it is {format_expiration(self._clock.now())}: "
-                "fix the system clock (NTP)"
+            clock_to_blame, text = short_lifetime(
+                creds.expiration, self._clock.now(), self._clock_skew(), self._policy.safety_margin
             )
+            raise ClockSkewError(text) if clock_to_blame else ShortSessionError(text)
         snap = Snapshot(
             credentials=creds,
             body=render_container_json(creds),
@@ -192,6 +261,8 @@ class Refresher:
         self._same_code_failures = 0
         self._last_code = None
         self._last_error_text = None
+        self._throttled_until = None
+        self._token_failed_at = None
         self._updated.set()
         self._updated = asyncio.Event()
         log.info(
@@ -232,6 +303,9 @@ class Refresher:
         self._last_code = error.code
         self.consecutive_failures += 1
         delay = self.retry_delay(error)
+        now = self._clock.monotonic()
+        self._throttled_until = now + delay if is_throttling(error) else None
+        self._token_failed_at = now if token_at_fault(error) else None
         text = str(error)
         serving = self.servable()
         fields = {
@@ -250,35 +324,126 @@ class Refresher:
         return delay
 
     async def run(self) -> None:
-        """Refresh forever; cancel to stop."""
-        while True:
-            try:
-                snap = await self.refresh()
-            except SidecarError as exc:
-                delay = self._record_failure(exc)
-            except Exception as exc:
-                # A bug or an unforeseen answer must not end refreshing: log it in full,
-                # keep serving what is valid, and retry like a transient failure.
-                log.exception(
-                    "unexpected error refreshing role %s",
-                    self.name,
-                    extra={"event": "refresh_crashed", "role": self.name},
-                )
-                delay = self._record_failure(SidecarError(f"unexpected {type(exc).__name__}"))
-            else:
-                delay = snap.refresh_at - self._clock.monotonic()
-            await self._pause(delay)
+        """Refresh forever; cancel to stop (the attempt in flight is cancelled and awaited)."""
+        try:
+            while True:
+                try:
+                    snap = await self.refresh()
+                except SidecarError as exc:
+                    delay = self._record_failure(exc)
+                except Exception as exc:
+                    # A bug or an unforeseen answer must not end refreshing: log it in full,
+                    # keep serving what is valid, and retry like a transient failure.
+                    log.exception(
+                        "unexpected error refreshing role %s",
+                        self.name,
+                        extra={"event": "refresh_crashed", "role": self.name},
+                    )
+                    delay = self._record_failure(SidecarError(f"unexpected {type(exc).__name__}"))
+                else:
+                    delay = snap.refresh_at - self._clock.monotonic()
+                await self._pause(delay)
+        finally:
+            # Before our owner closes the STS client under it: a cancelled exchange is
+            # neither a failure nor an unretrieved task exception.
+            await self._cancel_inflight()
 
-    def refresh_soon(self) -> None:
-        """Cut the current wait short: refresh now (SIGHUP, after an operator fixed IAM)."""
-        self._wake.set()
+    def refresh_soon(self) -> bool:
+        """Refresh now (SIGHUP, after an operator fixed IAM), restarting any role chain.
+
+        Coalesced (False) when an attempt that was itself requested is running or ended
+        less than ``request_debounce`` ago, or while backing off from throttling; a request
+        soon after a scheduled attempt runs ``request_debounce`` after it.
+        """
+        now = self._clock.monotonic()
+        reason = None
+        if self._requested:
+            reason = "pending"
+        elif self._throttled_until is not None and now < self._throttled_until:
+            reason = "throttled"
+        elif self._attempt_requested and self._inflight is not None:
+            reason = "in_progress"
+        elif (
+            self._attempt_requested
+            and self._last_attempt_end is not None
+            and now - self._last_attempt_end < self._request_debounce
+        ):
+            reason = "debounced"
+        if reason is None:
+            self._requested = True
+            self._restart_chain = True
+            self._wake.set()
+        elif reason == "throttled":
+            self._restart_chain = True  # the retry after the backoff runs the whole chain
+        self._metrics.refresh_requests.labels(self.name, reason or "accepted").inc()
+        if reason is not None and not self._coalesced_logged:
+            self._coalesced_logged = True  # once per attempt, however many signals arrive
+            log.info(
+                "refresh request for role %s coalesced (%s)",
+                self.name,
+                reason,
+                extra={"event": "refresh_coalesced", "role": self.name, "reason": reason},
+            )
+        return reason is None
+
+    def _request_due(self) -> float:
+        """When an accepted refresh request may run: at most one exchange per debounce."""
+        now = self._clock.monotonic()
+        if self._last_attempt_end is None:
+            return now
+        return max(now, self._last_attempt_end + self._request_debounce)
 
     async def _pause(self, delay: float) -> None:
-        sleeper = asyncio.ensure_future(self._clock.sleep(delay))
-        waker = asyncio.ensure_future(self._wake.wait())
+        """Wait ``delay``, less if a refresh is requested or a rejected token changes."""
+        deadline = self._clock.monotonic() + delay
+        watcher = None
+        if self._token_watch is not None and self._token_failed_at is not None:
+            watcher = asyncio.ensure_future(self._token_changed(self._token_watch))
         try:
-            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                if self._wake.is_set():
+                    deadline = min(deadline, self._request_due())
+                if watcher is not None and watcher.done() and watcher.result():
+                    floor = self._policy.retry_base / 2  # the backoff's own floor
+                    assert self._token_failed_at is not None
+                    deadline = min(deadline, self._token_failed_at + floor)
+                left = deadline - self._clock.monotonic()
+                if left <= 0:
+                    break
+                waiting: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._clock.sleep(left))}
+                if not self._wake.is_set():
+                    waiting.add(asyncio.ensure_future(self._wake.wait()))
+                if watcher is not None and not watcher.done():
+                    waiting.add(watcher)
+                try:
+                    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for waiter in waiting - {watcher}:
+                        waiter.cancel()
         finally:
-            sleeper.cancel()
-            waker.cancel()
+            if watcher is not None:
+                watcher.cancel()
         self._wake.clear()
+
+    async def _token_changed(self, watch: TokenWatch) -> bool:
+        """True once the token source's fingerprint differs from what it was at failure."""
+        try:
+            before: Hashable = await watch.fingerprint()
+            while True:
+                await self._clock.sleep(TOKEN_WATCH_INTERVAL)
+                if await watch.fingerprint() != before:
+                    break
+        except Exception:
+            # Watching is an optimisation: a bug here must not stop the retry schedule.
+            log.exception(
+                "cannot watch the token source of role %s",
+                self.name,
+                extra={"event": "token_watch_failed", "role": self.name},
+            )
+            return False
+        log.info(
+            "the token source of role %s changed: retrying now",
+            self.name,
+            extra={"event": "token_changed", "role": self.name},
+        )
+        return True

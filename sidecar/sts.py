@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 from aiobotocore.session import AioSession
@@ -32,6 +33,10 @@ class Exchanger(Protocol):
     """Produces a fresh set of credentials for one role; raises ``SidecarError``."""
 
     async def exchange(self) -> Credentials: ...
+
+    def drop_cached(self) -> None:
+        """Forget intermediate credentials (a chain's first hop): start afresh next time."""
+        ...
 
 
 #: Given an STS error code and message, the likely cause and fix (or None).
@@ -71,6 +76,8 @@ class StsClient:
         # is configured explicitly anyway.
         self._session = AioSession(session_vars={"profile": (None, None, None, None)})
         self._client: Any = None
+        #: Local wall clock minus STS's (its answer's ``Date``), once measured.
+        self.clock_skew: float | None = None
 
     def _boto_config(self, signed: bool) -> BotoConfig:
         return BotoConfig(
@@ -161,8 +168,13 @@ class StsClient:
             async with asyncio.timeout(self._timeout):
                 response = await call()
             outcome = "success"
+            self._measure_skew(response)
             return response
+        except asyncio.CancelledError:
+            outcome = "cancelled"  # shutdown: not an STS failure
+            raise
         except ClientError as exc:
+            self._measure_skew(exc.response)
             error = exc.response.get("Error", {})
             code = str(error.get("Code") or "Unknown")
             message = str(error.get("Message") or "")
@@ -186,6 +198,20 @@ class StsClient:
             self._metrics.sts_latency.labels(operation, outcome).observe(
                 time.perf_counter() - started
             )
+
+    def _measure_skew(self, response: Mapping[str, Any]) -> None:
+        """Compare our wall clock with the ``Date`` header of STS's answer."""
+        received = datetime.now(UTC)
+        headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+        try:
+            served = parsedate_to_datetime(str(headers["date"]))
+        except (KeyError, TypeError, ValueError):
+            return  # no Date, or one we cannot read: keep the last measurement
+        if served.tzinfo is None:
+            return
+        # Date is truncated to the second: on average it lags the real instant by 0.5 s.
+        self.clock_skew = round((received - served).total_seconds() - 0.5, 1)
+        self._metrics.clock_skew.set(self.clock_skew)
 
 
 def _policy_params(hop: HopConfig) -> dict[str, Any]:

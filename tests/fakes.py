@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime, timedelta
 
 from sidecar.credentials import Credentials
@@ -20,13 +21,16 @@ async def settle(rounds: int = 50) -> None:
 
 
 class FakeClock:
-    """Monotonic and wall time that move only when ``advance`` is called.
+    """Monotonic and wall time that move only when ``advance`` (or ``suspend``) is called.
 
     ``skew`` shifts the wall clock relative to "true" time (STS's clock in tests).
+    ``sleep`` and ``timeout`` run on this fake time.
     """
 
     def __init__(self, skew: float = 0.0) -> None:
         self._mono = 1000.0
+        #: True time that passed without the monotonic clock seeing it (see ``suspend``).
+        self._unseen = 0.0
         self.skew = skew
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
@@ -35,7 +39,7 @@ class FakeClock:
         return self._mono
 
     def true_now(self) -> datetime:
-        return START_WALL + timedelta(seconds=self._mono - 1000.0)
+        return START_WALL + timedelta(seconds=self._mono - 1000.0 + self._unseen)
 
     def now(self) -> datetime:
         return self.true_now() + timedelta(seconds=self.skew)
@@ -44,6 +48,44 @@ class FakeClock:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._sleepers, (self._mono + max(0.0, seconds), next(self._seq), future))
         await future
+
+    @contextlib.asynccontextmanager
+    async def timeout(self, seconds: float) -> AsyncIterator[None]:
+        """Like ``asyncio.timeout``, on fake time: fires when ``advance`` passes the deadline."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        heapq.heappush(self._sleepers, (self._mono + max(0.0, seconds), next(self._seq), future))
+        async with asyncio.timeout(None) as scope:
+            live = True
+
+            def expire(done: asyncio.Future[None]) -> None:
+                if live and not done.cancelled():
+                    scope.reschedule(loop.time())
+
+            future.add_done_callback(expire)
+            try:
+                yield
+            finally:
+                live = False
+                future.cancel()
+
+    async def suspend(self, seconds: float, counted: bool = True) -> None:
+        """The host sleeps for ``seconds``; the wall clock jumps.
+
+        ``counted``: the monotonic clock counts the suspend (``CLOCK_BOOTTIME``), and
+        sleepers due meanwhile all wake at resume. Otherwise (``CLOCK_MONOTONIC``) it does
+        not move and no sleeper wakes.
+        """
+        await settle()
+        if not counted:
+            self._unseen += seconds
+            return
+        self._mono += seconds
+        while self._sleepers and self._sleepers[0][0] <= self._mono:
+            _, _, future = heapq.heappop(self._sleepers)
+            if not future.done():
+                future.set_result(None)
+        await settle()
 
     def next_wakeup(self) -> float | None:
         """Seconds from now until the earliest sleeper wakes, if any is sleeping."""
@@ -83,7 +125,11 @@ class FakeExchanger:
         self.clock = clock
         self.script = list(script)
         self.calls = 0
+        self.dropped = 0
         self.gate: asyncio.Event | None = None
+
+    def drop_cached(self) -> None:
+        self.dropped += 1
 
     async def exchange(self) -> Credentials:
         self.calls += 1

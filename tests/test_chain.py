@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from sidecar.chain import ChainExchanger, TemplateError, render, sanitize_sessio
 from sidecar.clock import SystemClock
 from sidecar.config import SESSION_NAME, HopConfig, RoleConfig, StsConfig, TokenSourceConfig
 from sidecar.credentials import Credentials
-from sidecar.errors import AccountNotAllowedError
+from sidecar.errors import AccountNotAllowedError, StsError
 from sidecar.metrics import Metrics
 from sidecar.sts import StsClient
 from sidecar.tokens import FileTokenSource, TokenClaims
@@ -45,13 +46,16 @@ class Exchange:
         self.token_path = token_path
 
     async def __call__(self, times: int = 1) -> list[Credentials]:
+        async with self.open() as exchanger:
+            return [await exchanger.exchange() for _ in range(times)]
+
+    @contextlib.asynccontextmanager
+    async def open(self) -> AsyncIterator[ChainExchanger]:
+        """The exchanger, for tests that act between exchanges."""
         clock = SystemClock()
         config = StsConfig("us-east-1", self.endpoint, "regional")
         async with StsClient(config, 5, Metrics(CollectorRegistry())) as sts:
-            exchanger = ChainExchanger(
-                self.role, FileTokenSource(self.token_path, clock), sts, clock
-            )
-            return [await exchanger.exchange() for _ in range(times)]
+            yield ChainExchanger(self.role, FileTokenSource(self.token_path, clock), sts, clock)
 
 
 @pytest.fixture
@@ -125,6 +129,50 @@ async def test_rechain_from_long_first_hop(emulator: EmulatorThread, token_path:
     assert len({first.access_key_id, second.access_key_id, third.access_key_id}) == 3
     assert emulator.calls("AssumeRoleWithWebIdentity") - web_before == 1
     assert emulator.calls("AssumeRole") - chained_before == 3
+
+
+@pytest.mark.parametrize("code", ["AccessDenied", "ExpiredToken", "InvalidClientTokenId"])
+async def test_dead_first_hop_is_dropped_and_the_chain_restarts(
+    emulator: EmulatorThread, token_path: Path, code: str
+) -> None:
+    """Hop 2 refusing the kept first hop (revoked sessions): the chain restarts from the token."""
+    hops = [HopConfig(A + "ci", 43200), HopConfig(A + "narrow")]
+    web_before = emulator.calls("AssumeRoleWithWebIdentity")
+    async with Exchange(emulator.url, token_path, hops).open() as exchanger:
+        await exchanger.exchange()
+        emulator.add_fault(action="AssumeRole", error=code, status=403, count=1)
+        creds = await exchanger.exchange()
+    assert creds.role_arn == A + "narrow"
+    assert emulator.calls("AssumeRoleWithWebIdentity") - web_before == 2
+
+
+async def test_refused_chain_does_not_keep_its_first_hop(
+    emulator: EmulatorThread, token_path: Path
+) -> None:
+    """Hop 2 refusing a fresh first hop fails; the next attempt starts from the token again."""
+    hops = [HopConfig(A + "ci", 43200), HopConfig(A + "narrow")]
+    web_before = emulator.calls("AssumeRoleWithWebIdentity")
+    async with Exchange(emulator.url, token_path, hops).open() as exchanger:
+        emulator.add_fault(action="AssumeRole", error="AccessDenied", status=403, count=1)
+        with pytest.raises(StsError, match="AccessDenied"):
+            await exchanger.exchange()
+        await exchanger.exchange()
+    assert emulator.calls("AssumeRoleWithWebIdentity") - web_before == 2
+
+
+async def test_drop_cached_forces_the_whole_chain(
+    emulator: EmulatorThread, token_path: Path
+) -> None:
+    """drop_cached (what SIGHUP calls) makes the next exchange start from the web identity."""
+    hops = [HopConfig(A + "ci", 43200), HopConfig(A + "narrow")]
+    web_before = emulator.calls("AssumeRoleWithWebIdentity")
+    async with Exchange(emulator.url, token_path, hops).open() as exchanger:
+        await exchanger.exchange()
+        await exchanger.exchange()
+        assert emulator.calls("AssumeRoleWithWebIdentity") - web_before == 1
+        exchanger.drop_cached()
+        await exchanger.exchange()
+    assert emulator.calls("AssumeRoleWithWebIdentity") - web_before == 2
 
 
 async def test_short_first_hop_is_renewed(emulator: EmulatorThread, token_path: Path) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Hashable
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -13,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from sidecar.config import RefreshPolicy
 from sidecar.errors import Disposition, StsError, TokenError
 from sidecar.metrics import Metrics
-from sidecar.refresher import Refresher
+from sidecar.refresher import REFRESH_REQUEST_DEBOUNCE, TOKEN_WATCH_INTERVAL, Refresher
 from tests.fakes import FakeClock, FakeExchanger, settle
 
 HOUR = 3600.0
@@ -39,6 +41,7 @@ async def make() -> AsyncIterator[Factory]:
         policy: RefreshPolicy | None = None,
         skew: float = 0.0,
         start: bool = True,
+        **options: Any,
     ) -> tuple[Refresher, FakeExchanger, FakeClock]:
         clock = FakeClock(skew=skew)
         exchanger = FakeExchanger(clock, script)
@@ -50,6 +53,7 @@ async def make() -> AsyncIterator[Factory]:
             clock,
             Metrics(CollectorRegistry()),
             random.Random(7),
+            **options,
         )
         if start:
             tasks.append(asyncio.create_task(refresher.run()))
@@ -154,7 +158,8 @@ async def test_refresh_soon_cuts_the_wait_short(make: Factory) -> None:
     await settle()
     assert exchanger.calls == 1
     assert clock.next_wakeup() == pytest.approx(300)
-    refresher.refresh_soon()
+    await clock.advance(REFRESH_REQUEST_DEBOUNCE)
+    assert refresher.refresh_soon()
     await settle()
     assert exchanger.calls == 2
     assert refresher.ready
@@ -260,3 +265,218 @@ async def test_rendered_body_matches_credentials(make: Factory) -> None:
     body = json.loads(snap.body)
     assert body["AccessKeyId"] == snap.credentials.access_key_id
     assert "secret" not in repr(snap)
+
+
+def metric(refresher: Refresher, name: str, **labels: str) -> float:
+    value = refresher._metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+async def test_refresh_request_storm_costs_at_most_one_exchange(
+    make: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """200 refresh requests (SIGHUPs), each given time to act, cost one exchange, logged once."""
+    caplog.set_level(logging.INFO)
+    refresher, exchanger, clock = make([DENIED], policy=RefreshPolicy(slow_retry=300))
+    await settle()
+    await clock.advance(60)
+    for _ in range(200):
+        refresher.refresh_soon()
+        await settle(5)
+    await clock.advance(60)
+    assert exchanger.calls == 2
+    accepted = metric(
+        refresher, "credential_sidecar_refresh_requests_total", role="default", outcome="accepted"
+    )
+    assert accepted == 1
+    coalesced = [r for r in caplog.records if getattr(r, "event", "") == "refresh_coalesced"]
+    assert len(coalesced) == 1
+
+
+async def test_refresh_request_right_after_an_attempt_runs_after_the_debounce(
+    make: Factory,
+) -> None:
+    """Requests just after a scheduled attempt are not lost: one exchange, 5 s after it."""
+    refresher, exchanger, clock = make([DENIED, 3600], policy=RefreshPolicy(slow_retry=300))
+    await settle()
+    for _ in range(200):
+        refresher.refresh_soon()
+        await settle(5)
+    assert exchanger.calls == 1
+    await clock.advance(REFRESH_REQUEST_DEBOUNCE - 0.1)
+    assert exchanger.calls == 1
+    await clock.advance(0.1)
+    assert exchanger.calls == 2
+    assert refresher.ready
+
+
+async def test_no_refresh_request_reaches_sts_during_a_throttling_backoff(make: Factory) -> None:
+    """While backing off from Throttling, refresh requests cause no STS call at all."""
+    policy = RefreshPolicy(retry_base=60, retry_cap=600)
+    refresher, exchanger, clock = make([THROTTLED, 3600], policy=policy)
+    await settle()
+    backoff = clock.next_wakeup()
+    assert backoff is not None and backoff >= 30
+    await clock.advance(REFRESH_REQUEST_DEBOUNCE + 1)
+    for _ in range(200):
+        assert not refresher.refresh_soon()
+        await settle(5)
+    assert exchanger.calls == 1
+    await clock.advance(backoff)
+    assert exchanger.calls == 2
+    assert refresher.ready
+
+
+async def test_refresh_request_restarts_the_whole_chain(make: Factory) -> None:
+    """An accepted refresh request drops the exchanger's cached first hop before exchanging."""
+    refresher, exchanger, clock = make([3600])
+    await settle()
+    assert exchanger.dropped == 0
+    await clock.advance(60)
+    assert refresher.refresh_soon()
+    await settle()
+    assert exchanger.calls == 2
+    assert exchanger.dropped == 1
+
+
+async def test_no_cold_start_wait_once_credentials_were_held(make: Factory) -> None:
+    """A role that had credentials and lost them answers a reader at once, without waiting."""
+    refresher, _, clock = make([600, THROTTLED], policy=RefreshPolicy(safety_margin=120))
+    await settle()
+    await clock.advance(600 - 120)
+    assert refresher.servable() is None
+    reader = asyncio.create_task(refresher.wait_servable(5))
+    await settle()
+    assert reader.done()
+    assert reader.result() is None
+
+
+async def test_cold_start_wait_still_applies_before_the_first_credentials(make: Factory) -> None:
+    """Before the first snapshot a reader still waits for it (and gets it)."""
+    refresher, exchanger, _ = make([3600])
+    exchanger.gate = asyncio.Event()
+    reader = asyncio.create_task(refresher.wait_servable(5))
+    await settle()
+    assert not reader.done()
+    exchanger.gate.set()
+    assert await reader is not None
+
+
+class FakeWatch:
+    """A token source fingerprint the test changes by hand."""
+
+    def __init__(self) -> None:
+        self.value: Hashable = 1
+        self.looks = 0
+
+    async def fingerprint(self) -> Hashable:
+        self.looks += 1
+        return self.value
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        TokenError("token file /t holds a token for audience x", Disposition.FATAL),
+        sts_error("InvalidIdentityToken", Disposition.RETRY),
+    ],
+)
+async def test_a_changed_token_is_tried_at_once(make: Factory, error: Exception) -> None:
+    """Failing for a token reason: a change of the token source is retried within ~1 s."""
+    watch = FakeWatch()
+    policy = RefreshPolicy(retry_base=1, retry_cap=60, slow_retry=300)
+    refresher, exchanger, clock = make([error], policy=policy, token_watch=watch)
+    await clock.advance(60)  # past any quick retries: on the slow pace now
+    calls = exchanger.calls
+    assert calls in (1, 4)
+    assert not refresher.ready
+    await clock.advance(30)
+    assert exchanger.calls == calls  # nothing changed: nothing retried
+    watch.value = 2  # the operator fixes the token file
+    exchanger.script = [3600]
+    await clock.advance(TOKEN_WATCH_INTERVAL)
+    assert exchanger.calls == calls + 1
+    assert refresher.ready
+
+
+async def test_the_token_is_not_watched_for_other_failures(make: Factory) -> None:
+    """AccessDenied is not the token's fault: the token source is not even looked at."""
+    watch = FakeWatch()
+    _, exchanger, clock = make([DENIED], token_watch=watch)
+    await clock.advance(100)
+    watch.value = 2
+    await clock.advance(100)
+    assert watch.looks == 0
+    assert exchanger.calls == 1
+
+
+async def test_short_session_with_a_correct_clock_is_not_blamed_on_ntp(make: Factory) -> None:
+    """STS granting less than the safety margin, clocks agreeing: a short-session error."""
+    refresher, _, _ = make([60], clock_skew=lambda: 0.4)
+    await settle()
+    assert not refresher.ready
+    labels = {"role": "default", "result": "failure"}
+    name = "credential_sidecar_sts_exchanges_total"
+    assert metric(refresher, name, error_code="ShortSessionError", **labels) == 1
+    assert metric(refresher, name, error_code="ClockSkewError", **labels) == 0
+
+
+async def test_clock_ahead_of_sts_is_blamed_on_ntp(make: Factory) -> None:
+    """Credentials expired by a clock 4000 s ahead of STS's Date: a clock-skew error."""
+    refresher, _, _ = make([3600], skew=4000, clock_skew=lambda: 4000.0)
+    await settle()
+    name = "credential_sidecar_sts_exchanges_total"
+    labels = {"role": "default", "result": "failure"}
+    assert metric(refresher, name, error_code="ClockSkewError", **labels) == 1
+
+
+async def test_expiry_by_wall_clock_is_not_served(make: Factory) -> None:
+    """A suspend the monotonic clock did not see: expired by the wall clock means not served."""
+    refresher, _, clock = make([3600, THROTTLED])
+    await settle()
+    assert refresher.ready
+    await clock.suspend(2 * HOUR, counted=False)
+    assert refresher.servable() is None
+    assert not refresher.ready
+    assert refresher.status().seconds_until_expiry == 0
+
+
+async def test_refresh_due_during_suspend_runs_at_resume(make: Factory) -> None:
+    """Resumed after 2 h (boot clock counted it): refreshed at once, fresh credentials served."""
+    refresher, exchanger, clock = make([3600])
+    await settle()
+    await clock.suspend(2 * HOUR)
+    assert exchanger.calls == 2
+    snap = refresher.servable()
+    assert snap is not None
+    assert snap.expires_at - clock.monotonic() == pytest.approx(HOUR)
+
+
+async def test_exchange_timeout_runs_on_the_injected_clock(make: Factory) -> None:
+    """A hanging exchange times out after exchange_timeout of fake time, no real waiting."""
+    refresher, exchanger, clock = make([3600], exchange_timeout=30)
+    exchanger.gate = asyncio.Event()
+    await clock.advance(29)
+    assert refresher.consecutive_failures == 0
+    await clock.advance(1)
+    assert refresher.consecutive_failures == 1
+    name = "credential_sidecar_sts_exchanges_total"
+    labels = {"role": "default", "result": "failure", "error_code": "Timeout"}
+    assert metric(refresher, name, **labels) == 1
+
+
+async def test_stopping_cancels_the_exchange_in_flight(make: Factory) -> None:
+    """Cancelling run() cancels and awaits the hanging exchange; no failure is counted."""
+    refresher, exchanger, _ = make([3600], start=False)
+    exchanger.gate = asyncio.Event()
+    task = asyncio.create_task(refresher.run())
+    await settle()
+    inflight = refresher._inflight
+    assert inflight is not None
+    task.cancel()
+    await asyncio.wait([task])
+    assert inflight.cancelled()
+    assert refresher.consecutive_failures == 0
+    name = "credential_sidecar_sts_exchanges_total"
+    for code in ("Unexpected", "Timeout", "CancelledError"):
+        assert metric(refresher, name, role="default", result="failure", error_code=code) == 0

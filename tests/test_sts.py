@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from sidecar.chain import ChainExchanger
 from sidecar.clock import SystemClock
 from sidecar.config import HopConfig, RoleConfig, StsConfig, TokenSourceConfig
 from sidecar.credentials import Credentials
-from sidecar.diagnosis import classify, explain
+from sidecar.diagnosis import SKEW_TOLERANCE, classify, explain, short_lifetime
 from sidecar.errors import Disposition, StsError
 from sidecar.metrics import Metrics
 from sidecar.sts import StsClient
@@ -180,3 +181,44 @@ async def test_endpoint_resolution(
     config = StsConfig(region, None, regional)
     async with StsClient(config, 5, Metrics(CollectorRegistry())) as sts:
         assert sts.endpoint == expected
+
+
+async def test_clock_skew_is_measured_from_the_date_header(
+    emulator: EmulatorThread, tmp_path: Path
+) -> None:
+    """Each STS answer's Date header gives the clock skew, exported as a gauge."""
+    path = tmp_path / "token"
+    path.write_text(emulator.issuer.mint())
+    role = RoleConfig(
+        "default", TokenSourceConfig("file", path=path), (HopConfig(ROLE_ARN, 3600, "sess"),)
+    )
+    registry = CollectorRegistry()
+    config = StsConfig("us-east-1", emulator.url, "regional")
+    clock = SystemClock()
+    async with StsClient(config, 5, Metrics(registry)) as sts:
+        assert sts.clock_skew is None
+        await ChainExchanger(role, FileTokenSource(path, clock), sts, clock).exchange()
+        skew = sts.clock_skew
+    assert skew is not None
+    assert abs(skew) < SKEW_TOLERANCE  # the emulator shares our clock
+    assert registry.get_sample_value("credential_sidecar_clock_skew_seconds") == skew
+
+
+@pytest.mark.parametrize(
+    ("skew", "left", "blamed", "words"),
+    [
+        (3600.0, 60.0, True, "3600s ahead of STS's"),
+        (200.0, 60.0, True, "200s ahead of STS's"),
+        (30.0, 60.0, False, "STS granted only 90s"),
+        (0.3, 60.0, False, "STS granted only 60s"),
+        (None, 60.0, True, "either the system clock is off"),
+    ],
+)
+def test_short_lifetime_names_the_cause(
+    skew: float | None, left: float, blamed: bool, words: str
+) -> None:
+    """Too little life left: the clock (off by N s) or STS (granted N s) is named."""
+    now = datetime(2026, 11, 21, 12, tzinfo=UTC)
+    clock_to_blame, text = short_lifetime(now + timedelta(seconds=left), now, skew, 120)
+    assert clock_to_blame is blamed
+    assert words in text

@@ -181,7 +181,8 @@ def test_sighup_retries_at_once(emulator: EmulatorThread, tmp_path: Path) -> Non
         emulator.clear_faults()  # the operator fixes the trust policy...
         assert process.proc is not None
         process.proc.send_signal(signal.SIGHUP)  # ...and tells the daemon
-        process.wait_event("exchanged", timeout=5)
+        # (at most REFRESH_REQUEST_DEBOUNCE = 5 s after the failed attempt)
+        process.wait_event("exchanged", timeout=10)
         assert status(process) == 200
 
 

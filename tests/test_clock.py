@@ -1,0 +1,93 @@
+"""The system clock counts suspend, and its sleeps wake on that clock; the fake one agrees."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from sidecar.clock import SLEEP_CHUNK, SystemClock
+from tests.fakes import FakeClock, settle
+
+
+class Host:
+    """A boot clock and a loop sleep under the test's control; it can suspend on the Nth sleep."""
+
+    def __init__(self, suspend_on_call: int | None = None, suspend_for: float = 0.0) -> None:
+        self.boot = 0.0
+        self.sleeps: list[float] = []
+        self._suspend_on_call = suspend_on_call
+        self._suspend_for = suspend_for
+
+    def boot_time(self) -> float:
+        return self.boot
+
+    async def loop_sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.boot += seconds
+        if len(self.sleeps) == self._suspend_on_call:
+            # The event loop's clock stopped during the suspend; the boot clock did not.
+            self.boot += self._suspend_for
+
+
+async def test_sleep_ends_right_after_a_suspend_that_passed_its_deadline() -> None:
+    """A 1 h sleep the host suspends through (2 h) ends one chunk after resume, not 1 h later."""
+    host = Host(suspend_on_call=1, suspend_for=7200)
+    clock = SystemClock(boot_time=host.boot_time, loop_sleep=host.loop_sleep)
+    await clock.sleep(3600)
+    assert host.sleeps == [SLEEP_CHUNK]
+
+
+async def test_sleep_without_suspend_lasts_its_duration_in_chunks() -> None:
+    """Without a suspend a sleep adds up to its duration, in chunks of at most SLEEP_CHUNK."""
+    host = Host()
+    clock = SystemClock(boot_time=host.boot_time, loop_sleep=host.loop_sleep, chunk=1.0)
+    await clock.sleep(3.5)
+    assert host.sleeps == [1.0, 1.0, 1.0, 0.5]
+    assert host.boot == pytest.approx(3.5)
+
+
+@pytest.mark.skipif(not hasattr(time, "CLOCK_BOOTTIME"), reason="Linux only")
+def test_system_clock_is_the_boot_clock_on_linux() -> None:
+    """On Linux, monotonic() reads CLOCK_BOOTTIME, which keeps counting while suspended."""
+    before = time.clock_gettime(time.CLOCK_BOOTTIME)
+    reading = SystemClock().monotonic()
+    after = time.clock_gettime(time.CLOCK_BOOTTIME)
+    assert before <= reading <= after
+
+
+async def test_system_clock_timeout_raises() -> None:
+    """SystemClock.timeout behaves like asyncio.timeout."""
+    with pytest.raises(TimeoutError):
+        async with SystemClock().timeout(0):
+            await asyncio.sleep(1)
+
+
+async def test_fake_timeout_fires_on_fake_time_only() -> None:
+    """FakeClock.timeout expires when fake time passes its deadline, not before."""
+    clock = FakeClock()
+    outcome: list[str] = []
+
+    async def body() -> None:
+        try:
+            async with clock.timeout(10):
+                await asyncio.Event().wait()
+        except TimeoutError:
+            outcome.append("timeout")
+
+    task = asyncio.create_task(body())
+    await clock.advance(9.9)
+    assert outcome == []
+    await clock.advance(0.1)
+    assert outcome == ["timeout"]
+    await task
+
+
+async def test_fake_timeout_left_early_is_harmless() -> None:
+    """Leaving a FakeClock.timeout block early cancels it: later advances do nothing."""
+    clock = FakeClock()
+    async with clock.timeout(10):
+        await settle()
+    await clock.advance(20)
+    assert clock.next_wakeup() is None
