@@ -91,10 +91,19 @@ def _read_small_file(path: Path) -> str | None:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError:
         return None  # missing or unreadable: the SDK would not read it either
-    with os.fdopen(fd, "rb") as handle:
+    try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        data = handle.read(MAX_CONFIG_BYTES + 1)
+            return None  # a FIFO or a device could block or never end
+        data = b""
+        while len(data) <= MAX_CONFIG_BYTES:
+            chunk = os.read(fd, MAX_CONFIG_BYTES + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     if len(data) > MAX_CONFIG_BYTES:
         log.warning(
             "%s is larger than %d bytes; the command gets no settings from it",
