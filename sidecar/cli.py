@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sidecar import __version__
-from sidecar.auth import read_token_file
-from sidecar.aws_files import profile_settings, write_child_files
 from sidecar.config import (
     EXEC_DEFAULTS,
     SETTINGS,
@@ -36,17 +34,9 @@ from sidecar.config.settings import LOG_LEVELS, TOKEN_SETTINGS, Setting
 from sidecar.daemon import Running, running_daemon
 from sidecar.devmode.environment import DEV_REGION, DevEnvironment, dev_environment
 from sidecar.errors import AuthTokenError, ConfigError, ListenError, SidecarError
-from sidecar.execute import (
-    ChildEndpoint,
-    ExecSignals,
-    child_environment,
-    loopback_url,
-    token_variables,
-    wait_ready,
-)
+from sidecar.execute import ExecSignals, loopback_url, prepare_environment, wait_ready
 from sidecar.inspection import inspect
 from sidecar.logs import configure_logging
-from sidecar.secret import Secret
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # an unexpected error (a bug): the traceback is logged
@@ -252,31 +242,18 @@ async def exec_child(
                 )
                 return EXIT_UNAVAILABLE
             try:
-                env = _exec_environment(started, environ, Path(private))
+                env = prepare_environment(
+                    environ,
+                    started.running,
+                    started.config,
+                    Path(private),
+                    dev_sts_url=started.dev.sts_url if started.dev else None,
+                    dev_region=DEV_REGION if started.dev else None,
+                )
             except AuthTokenError as exc:
                 print(f"credential-sidecar: {exc}", file=sys.stderr)
                 return EXIT_CONFIG
             return await signals.run_child(argv, env)
-
-
-def _exec_environment(
-    started: _Started, environ: Mapping[str, str], private: Path
-) -> dict[str, str]:
-    """The child's environment: the endpoint, both auth token variables, credential-free
-    AWS config files, and nothing the daemon used to get its web-identity token."""
-    running, dev = started.running, started.dev
-    token_file = running.auth_token_file
-    token = Secret(read_token_file(Path(token_file))) if token_file else None
-    settings = profile_settings(environ)
-    region_known = any(environ.get(v) for v in ("AWS_REGION", "AWS_DEFAULT_REGION"))
-    return child_environment(
-        environ,
-        ChildEndpoint(running.url, token_file, token),
-        write_child_files(private, settings),
-        token_variables(started.config),
-        sts_endpoint=dev.sts_url if dev else None,
-        default_region=DEV_REGION if dev and not (region_known or "region" in settings) else None,
-    )
 
 
 async def inspect_token(

@@ -19,11 +19,15 @@ import os
 import signal
 from collections.abc import Awaitable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from sidecar.auth import read_token_file
+from sidecar.aws_files import profile_settings, write_child_files
 from sidecar.config import Config
 from sidecar.config.settings import CI_TOKEN_VARIABLES
+from sidecar.daemon import Running
 from sidecar.refresher import Refresher
 from sidecar.secret import Secret
 
@@ -134,6 +138,34 @@ def child_environment(
         env.setdefault("AWS_REGION", environ.get("AWS_DEFAULT_REGION") or default_region)
         env.setdefault("AWS_DEFAULT_REGION", env["AWS_REGION"])
     return env
+
+
+def prepare_environment(
+    environ: Mapping[str, str],
+    running: Running,
+    config: Config,
+    private: Path,
+    dev_sts_url: str | None = None,
+    dev_region: str | None = None,
+) -> dict[str, str]:
+    """Write the child's credential-free AWS files into ``private``; its environment.
+
+    Raises ``AuthTokenError`` if the auth token file cannot be read back.
+    """
+    token_file = running.auth_token_file
+    token = Secret(read_token_file(Path(token_file))) if token_file else None
+    settings = profile_settings(environ)
+    region_known = "region" in settings or any(
+        environ.get(name) for name in ("AWS_REGION", "AWS_DEFAULT_REGION")
+    )
+    return child_environment(
+        environ,
+        ChildEndpoint(running.url, token_file, token),
+        write_child_files(private, settings),
+        token_variables(config),
+        sts_endpoint=dev_sts_url,
+        default_region=None if region_known else dev_region,
+    )
 
 
 async def wait_ready(refresher: Refresher, seconds: float) -> bool:
