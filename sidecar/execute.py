@@ -101,7 +101,7 @@ def loopback_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=host + port))
 
 
-def token_variables(config: Config) -> frozenset[str]:
+def daemon_token_variables(config: Config) -> frozenset[str]:
     """Every variable the daemon's configuration reads a web-identity token from."""
     named = {role.token.env_var for role in config.roles if role.token.env_var}
     return frozenset({*TOKEN_VARIABLES, *named})
@@ -162,7 +162,7 @@ def prepare_environment(
         environ,
         ChildEndpoint(running.url, token_file, token),
         write_child_files(private, settings),
-        token_variables(config),
+        daemon_token_variables(config),
         sts_endpoint=dev_sts_url,
         default_region=None if region_known else dev_region,
     )

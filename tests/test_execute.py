@@ -10,7 +10,12 @@ import pytest
 
 from sidecar.aws_files import MAX_CONFIG_BYTES, profile_settings, write_child_files
 from sidecar.config import load_config
-from sidecar.execute import ChildEndpoint, child_environment, loopback_url, token_variables
+from sidecar.execute import (
+    ChildEndpoint,
+    child_environment,
+    daemon_token_variables,
+    loopback_url,
+)
 from sidecar.secret import Secret
 
 URL = "http://127.0.0.1:4000/v1/credentials"
@@ -72,7 +77,7 @@ def test_token_variables_include_the_configured_one(token_file: Path) -> None:
     """The --token-env variable joins the CI token variables that are never passed on."""
     env = {"SIDECAR_INSECURE_NO_AUTH": "1", "AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/r"}
     config = load_config({"token_env": "MY_JWT"}, {**env, "MY_JWT": "a.b.c"})
-    assert token_variables(config) >= {
+    assert daemon_token_variables(config) >= {
         "MY_JWT",
         "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
         "ACTIONS_ID_TOKEN_REQUEST_URL",
