@@ -16,15 +16,25 @@ import signal
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from sidecar import __version__
-from sidecar.config import SETTINGS, SETTINGS_BY_NAME, load_config, resolve_raw, truthy
+from sidecar.config import (
+    EXEC_DEFAULTS,
+    SETTINGS,
+    SETTINGS_BY_NAME,
+    Config,
+    Supplied,
+    dev_requested,
+    load_config,
+    resolve_raw,
+)
 from sidecar.config.settings import LOG_LEVELS, TOKEN_SETTINGS, Setting
 from sidecar.daemon import Running, running_daemon
-from sidecar.devmode.environment import DevEnvironment, dev_environment
+from sidecar.devmode.environment import DEV_REGION, DevEnvironment, dev_environment
 from sidecar.errors import AuthTokenError, ConfigError, ListenError, SidecarError
-from sidecar.execute import child_environment, run_child, wait_ready
+from sidecar.execute import ExecSignals, loopback_url, prepare_environment, wait_ready
 from sidecar.inspection import inspect
 from sidecar.logs import configure_logging
 
@@ -36,8 +46,6 @@ EXIT_PROBLEMS = 4  # inspect: the token or the trust policy would be refused
 EXIT_UNAVAILABLE = 5  # exec: no credentials within --wait, the command was not run
 
 log = logging.getLogger("sidecar")
-#: exec shares stderr with the command: only warnings and errors, unless asked.
-EXEC_QUIET = {"log_level": "warning"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,9 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
         "exec",
         help="run a command with refreshed credentials, for as long as it runs",
         description="Serve credentials on a free loopback port with a fresh auth token, run "
-        "COMMAND with AWS_CONTAINER_CREDENTIALS_FULL_URI and "
-        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE set (and variables that would shadow them "
-        "removed), then exit with its exit code. Takes every serve flag.",
+        "COMMAND with AWS_CONTAINER_CREDENTIALS_FULL_URI and AWS_CONTAINER_AUTHORIZATION_TOKEN"
+        "[_FILE] set, credential-free AWS config files, and neither other credentials nor "
+        "the web-identity token in its environment, then exit with its exit code. Takes "
+        "every serve flag.",
     )
     _add_settings(exec_parser, SETTINGS)
     exec_parser.add_argument(
@@ -112,20 +121,24 @@ def dev_instructions(running: Running, dev: DevEnvironment) -> str:
     lines = [
         "# credential-sidecar dev mode is serving credentials. In another shell:",
         "unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN AWS_PROFILE",
-        f"export AWS_CONTAINER_CREDENTIALS_FULL_URI={shlex.quote(running.url)}",
+        f"export AWS_CONTAINER_CREDENTIALS_FULL_URI={shlex.quote(loopback_url(running.url))}",
     ]
     if running.auth_token_file:
-        lines.append(
-            f"export AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE={shlex.quote(running.auth_token_file)}"
-        )
+        path = shlex.quote(running.auth_token_file)
+        # Both: older SDKs read only the plain variable. The shell reads the token itself,
+        # so it is never printed.
+        lines += [
+            f"export AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE={path}",
+            f'export AWS_CONTAINER_AUTHORIZATION_TOKEN="$(cat {path})"',
+        ]
     if running.imds_url:
         lines.append(
             f"# or, for IMDS clients: export AWS_EC2_METADATA_SERVICE_ENDPOINT="
-            f"{shlex.quote(running.imds_url)}"
+            f"{shlex.quote(loopback_url(running.imds_url))}"
         )
     lines += [
         f"export AWS_ENDPOINT_URL_STS={shlex.quote(dev.sts_url)}",
-        "export AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1",
+        f"export AWS_REGION={DEV_REGION} AWS_DEFAULT_REGION={DEV_REGION}",
         "aws sts get-caller-identity",
     ]
     return "\n".join(lines)
@@ -139,21 +152,29 @@ class _Exit(Exception):
         self.code = code
 
 
+@dataclass(frozen=True)
+class _Started:
+    running: Running
+    config: Config
+    dev: DevEnvironment | None
+
+
 async def _start(
     stack: contextlib.AsyncExitStack,
     flags: Mapping[str, str | None],
     environ: Mapping[str, str],
-    defaults: Mapping[str, str] | None = None,
-) -> tuple[Running, DevEnvironment | None]:
-    """Dev environment (if asked), configuration, daemon: started and owned by ``stack``."""
-    raw = resolve_raw(flags, environ, defaults=defaults)
+    exec_directory: Path | None = None,
+) -> _Started:
+    """Dev environment (if asked), configuration, daemon: started and owned by ``stack``.
+
+    ``exec_directory``: exec's private directory (``load_config`` decides what goes there).
+    """
     dev: DevEnvironment | None = None
-    overrides = None
-    if truthy(raw["dev"][0]):
+    if dev_requested(flags, environ):
         dev = await stack.enter_async_context(dev_environment())
-        overrides = dev.overrides(raw["auth_token_file"][0])
+    supplied = Supplied(dev=dev.supply() if dev else None, exec_directory=exec_directory)
     try:
-        config = load_config(flags, environ, overrides, defaults)
+        config = load_config(flags, environ, supplied)
     except ConfigError as exc:
         print(f"credential-sidecar: {exc}", file=sys.stderr)
         raise _Exit(EXIT_CONFIG) from None
@@ -163,7 +184,7 @@ async def _start(
     except (AuthTokenError, ListenError) as exc:
         print(f"credential-sidecar: {exc}", file=sys.stderr)
         raise _Exit(EXIT_LISTEN if isinstance(exc, ListenError) else EXIT_CONFIG) from None
-    return running, dev
+    return _Started(running, config, dev)
 
 
 async def serve(flags: Mapping[str, str | None], environ: Mapping[str, str]) -> int:
@@ -173,12 +194,12 @@ async def serve(flags: Mapping[str, str | None], environ: Mapping[str, str]) -> 
         loop.add_signal_handler(signum, stop.set)
     async with contextlib.AsyncExitStack() as stack:
         try:
-            running, dev = await _start(stack, flags, environ)
+            started = await _start(stack, flags, environ)
         except _Exit as exc:
             return exc.code
-        loop.add_signal_handler(signal.SIGHUP, running.refresh_now)
-        if dev is not None:
-            print(dev_instructions(running, dev), flush=True)
+        loop.add_signal_handler(signal.SIGHUP, started.running.refresh_now)
+        if started.dev is not None:
+            print(dev_instructions(started.running, started.dev), flush=True)
         await stop.wait()
         log.info("signal received, shutting down", extra={"event": "signal"})
     return EXIT_OK
@@ -190,26 +211,49 @@ async def exec_child(
     argv: Sequence[str],
     wait: float,
 ) -> int:
-    with tempfile.TemporaryDirectory(prefix="credential-sidecar-exec-") as private:
-        defaults = {"listen": "127.0.0.1:0", **EXEC_QUIET}
-        if not truthy(resolve_raw(flags, environ)["insecure_no_auth"][0]):
-            defaults["auth_token_file"] = str(Path(private) / "auth-token")
+    # Signals first: whatever arrives from here on stops exec with its private directory
+    # removed, or reaches the child once it runs.
+    signals = ExecSignals()
+    with (
+        signals.installed(),
+        tempfile.TemporaryDirectory(prefix="credential-sidecar-exec-") as private,
+    ):
         async with contextlib.AsyncExitStack() as stack:
             try:
-                running, dev = await _start(stack, flags, environ, defaults)
+                started = await _start(stack, flags, environ, exec_directory=Path(private))
             except _Exit as exc:
                 return exc.code
-            if running.default is None or not await wait_ready(running.default, wait):
+            running = started.running
+            ready = running.default is not None and await signals.until_signal(
+                wait_ready(running.default, wait)
+            )
+            if signals.received is not None:
+                name = signal.Signals(signals.received).name
+                print(
+                    f"credential-sidecar: stopped by {name} before {argv[0]} was run",
+                    file=sys.stderr,
+                )
+                return 128 + signals.received
+            if not ready:
                 print(
                     f"credential-sidecar: no credentials within {wait:g}s (see the errors "
                     f"above); not running {argv[0]}",
                     file=sys.stderr,
                 )
                 return EXIT_UNAVAILABLE
-            env = child_environment(
-                environ, running.url, running.auth_token_file, dev.sts_url if dev else None
-            )
-            return await run_child(argv, env)
+            try:
+                env = prepare_environment(
+                    environ,
+                    started.running,
+                    started.config,
+                    Path(private),
+                    dev_sts_url=started.dev.sts_url if started.dev else None,
+                    dev_region=DEV_REGION if started.dev else None,
+                )
+            except AuthTokenError as exc:
+                print(f"credential-sidecar: {exc}", file=sys.stderr)
+                return EXIT_CONFIG
+            return await signals.run_child(argv, env)
 
 
 async def inspect_token(
@@ -236,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         child = child[1:]
     if args.command == "exec" and not child:
         build_parser().error("exec needs a command: credential-sidecar exec [flags] -- COMMAND")
-    quiet = EXEC_QUIET if args.command == "exec" else None
+    quiet = EXEC_DEFAULTS if args.command == "exec" else None
     raw = resolve_raw(flags, os.environ, defaults=quiet)
     # Provisional logging until the configuration is validated (it may name another format).
     fmt = raw["log_format"][0] if raw["log_format"][0] in ("text", "json") else "text"

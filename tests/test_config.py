@@ -6,10 +6,23 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.config import RefreshPolicy, config_warnings, load_config, parse_listen, parse_seconds
+from sidecar.config import (
+    DevSupply,
+    RefreshPolicy,
+    Supplied,
+    config_warnings,
+    load_config,
+    parse_listen,
+    parse_seconds,
+)
 from sidecar.errors import ConfigError
 
 ROLE = "arn:aws:iam::123456789012:role/ci"
+DEV_ROLE = "arn:aws:iam::111111111111:role/dev"
+
+
+def dev_supply(directory: Path, token_file: Path) -> DevSupply:
+    return DevSupply(DEV_ROLE, token_file, "http://127.0.0.1:1", "us-east-1", directory)
 
 
 def base_env(token_file: Path, **extra: str) -> dict[str, str]:
@@ -53,13 +66,74 @@ def test_flags_beat_sidecar_env_beat_aws_env(token_file: Path) -> None:
     assert load_config({}, env).sts.region == "ap-south-1"
 
 
-def test_dev_overrides_sit_between_flags_and_env(token_file: Path) -> None:
+def test_dev_overrides_sit_between_flags_and_env(tmp_path: Path, token_file: Path) -> None:
     """Dev-mode values replace the environment but not explicit flags."""
-    overrides = {"region": "us-east-1", "role_arn": "arn:aws:iam::111111111111:role/dev"}
     env = base_env(token_file, AWS_REGION="eu-west-1")
-    config = load_config({"role_arn": ROLE}, env, overrides)
+    supplied = Supplied(dev=dev_supply(tmp_path, token_file))
+    config = load_config({"role_arn": ROLE}, env, supplied)
     assert config.sts.region == "us-east-1"
+    assert config.sts.endpoint_url == "http://127.0.0.1:1"
     assert config.roles[0].role_arn == ROLE
+    assert load_config({}, env, supplied).roles[0].role_arn == DEV_ROLE
+
+
+def test_dev_mode_supplies_an_auth_token_file_only_if_auth_was_not_chosen(
+    tmp_path: Path, token_file: Path
+) -> None:
+    """Dev mode's auth token file never contradicts --insecure-no-auth or a chosen file."""
+    supplied = Supplied(dev=dev_supply(tmp_path, token_file))
+    config = load_config({"dev": "1"}, {}, supplied)
+    assert config.server.auth_token_file == tmp_path / "auth-token"
+    for flags, env in [
+        ({"dev": "1", "insecure_no_auth": "1"}, {}),
+        ({"dev": "1"}, {"SIDECAR_INSECURE_NO_AUTH": "1"}),
+    ]:
+        config = load_config(flags, env, supplied)
+        assert config.server.auth_token_file is None
+        assert config.server.insecure_no_auth is True
+    config = load_config({"dev": "1"}, {"SIDECAR_AUTH_TOKEN_FILE": "/run/a"}, supplied)
+    assert config.server.auth_token_file == Path("/run/a")
+    # an explicit contradiction of the user's own is still one
+    with pytest.raises(ConfigError, match="contradict"):
+        load_config({"insecure_no_auth": "1", "auth_token_file": "/run/a"}, {}, supplied)
+
+
+def test_dev_token_file_yields_to_a_token_source_flag(tmp_path: Path, token_file: Path) -> None:
+    """--dev --token-env NAME uses that variable, not dev mode's token file."""
+    supplied = Supplied(dev=dev_supply(tmp_path, token_file))
+    (role,) = load_config({"dev": "1"}, {}, supplied).roles
+    assert (role.token.kind, role.token.path) == ("file", token_file)
+    (role,) = load_config({"dev": "1", "token_env": "MY_JWT"}, {"MY_JWT": "a.b.c"}, supplied).roles
+    assert (role.token.kind, role.token.env_var) == ("env", "MY_JWT")
+
+
+def test_exec_supplies_a_private_auth_token_file_a_free_port_and_quiet_logs(
+    tmp_path: Path, token_file: Path
+) -> None:
+    """exec's defaults apply where the user chose nothing, and only there."""
+    env = base_env(token_file)
+    env.pop("SIDECAR_AUTH_TOKEN_FILE")
+    supplied = Supplied(exec_directory=tmp_path)
+    config = load_config({}, env, supplied)
+    assert config.server.auth_token_file == tmp_path / "auth-token"
+    assert (config.server.host, config.server.port) == ("127.0.0.1", 0)
+    assert config.log_level == "warning"
+    config = load_config({"log_level": "debug"}, {**env, "SIDECAR_LISTEN": "[::1]:0"}, supplied)
+    assert (config.server.host, config.log_level) == ("::1", "debug")
+    config = load_config({}, {**env, "SIDECAR_AUTH_TOKEN_FILE": "/run/a"}, supplied)
+    assert config.server.auth_token_file == Path("/run/a")
+    for flags, extra in [({"insecure_no_auth": "1"}, {}), ({}, {"SIDECAR_INSECURE_NO_AUTH": "1"})]:
+        config = load_config(flags, {**env, **extra}, supplied)
+        assert (config.server.auth_token_file, config.server.insecure_no_auth) == (None, True)
+
+
+def test_exec_in_dev_mode_keeps_the_token_in_its_own_directory(
+    tmp_path: Path, token_file: Path
+) -> None:
+    """exec --dev: the auth token file is exec's, not the dev environment's."""
+    supplied = Supplied(dev=dev_supply(tmp_path / "dev", token_file), exec_directory=tmp_path)
+    config = load_config({"dev": "1"}, {}, supplied)
+    assert config.server.auth_token_file == tmp_path / "auth-token"
 
 
 def test_sts_endpoint_from_sdk_variables(token_file: Path) -> None:

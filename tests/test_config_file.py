@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.config import Config, config_warnings, load_config
+from sidecar.config import Config, Supplied, config_warnings, load_config
 from sidecar.errors import ConfigError
 
 A = "arn:aws:iam::123456789012:role/"
@@ -227,3 +227,29 @@ def test_missing_or_broken_file(tmp_path: Path) -> None:
         load_config({"config": str(tmp_path / "nope.toml")}, {})
     with pytest.raises(ConfigError, match="is not valid TOML"):
         from_file(tmp_path, "roles = [")
+
+
+@pytest.mark.parametrize("value", ["true", '"1"'])
+def test_exec_respects_insecure_no_auth_in_the_file(
+    tmp_path: Path, token_file: Path, value: str
+) -> None:
+    """exec --config FILE with insecure_no_auth = true: no auth token file is supplied."""
+    path = tmp_path / "sidecar.toml"
+    path.write_text(
+        f'insecure_no_auth = {value}\n[token]\nfile = "{token_file}"\n'
+        f'[roles.a]\nrole_arn = "{A}a"\ndefault = true\n'
+    )
+    config = load_config({"config": str(path)}, {}, Supplied(exec_directory=tmp_path))
+    assert config.server.insecure_no_auth is True
+    assert config.server.auth_token_file is None
+
+
+def test_exec_respects_the_files_auth_token_file(tmp_path: Path, token_file: Path) -> None:
+    """exec --config FILE naming an auth token file uses that file, not a private one."""
+    path = tmp_path / "sidecar.toml"
+    path.write_text(
+        f'auth_token_file = "/run/sidecar/auth"\n[token]\nfile = "{token_file}"\n'
+        f'[roles.a]\nrole_arn = "{A}a"\ndefault = true\n'
+    )
+    config = load_config({"config": str(path)}, {}, Supplied(exec_directory=tmp_path / "x"))
+    assert config.server.auth_token_file == Path("/run/sidecar/auth")

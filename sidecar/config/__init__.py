@@ -10,7 +10,14 @@ A single ``ConfigError`` lists every bad value with the expected form, so an ope
 fixes everything in one pass.
 """
 
-from sidecar.config.load import config_warnings, load_config
+from sidecar.config.load import (
+    EXEC_DEFAULTS,
+    DevSupply,
+    Supplied,
+    config_warnings,
+    dev_requested,
+    load_config,
+)
 from sidecar.config.model import (
     Config,
     HopConfig,
@@ -36,6 +43,7 @@ from sidecar.config.settings import (
 
 __all__ = [
     "CHAINED_MAX_DURATION",
+    "EXEC_DEFAULTS",
     "MAX_DURATION",
     "MIN_DURATION",
     "ROLE_ARN",
@@ -43,13 +51,16 @@ __all__ = [
     "SETTINGS",
     "SETTINGS_BY_NAME",
     "Config",
+    "DevSupply",
     "HopConfig",
     "RefreshPolicy",
     "RoleConfig",
     "ServerConfig",
     "StsConfig",
+    "Supplied",
     "TokenSourceConfig",
     "config_warnings",
+    "dev_requested",
     "load_config",
     "parse_listen",
     "parse_seconds",

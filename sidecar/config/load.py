@@ -6,6 +6,7 @@ import contextlib
 import ipaddress
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,22 +39,60 @@ from sidecar.config.settings import (
 )
 from sidecar.errors import ConfigError
 
+#: exec's defaults: a free loopback port, and only warnings on the stderr it shares.
+EXEC_DEFAULTS = {"listen": "127.0.0.1:0", "log_level": "warning"}
+#: Flags that choose a token source other than a file (dev mode's token file yields to them).
+_OTHER_TOKEN_SOURCE_FLAGS = ("token_source", "token_env", "token_command")
+
+
+@dataclass(frozen=True)
+class DevSupply:
+    """What a running dev environment (``--dev``) offers the configuration."""
+
+    role_arn: str
+    token_file: Path
+    sts_endpoint: str
+    region: str
+    #: Private (0700) directory; the auth token file goes there unless auth was chosen.
+    directory: Path
+
+
+@dataclass(frozen=True)
+class Supplied:
+    """What the command being run supplies where the user chose nothing.
+
+    Only ``load_config`` (through ``_supplied_values``) decides where these apply, so a
+    supplied value never contradicts an explicit choice made by a flag, an environment
+    variable or the config file.
+    """
+
+    dev: DevSupply | None = None
+    #: ``exec``'s private directory: a fresh auth token file there unless auth is disabled
+    #: or chosen anywhere; ``exec`` also brings ``EXEC_DEFAULTS``.
+    exec_directory: Path | None = None
+
+
+def dev_requested(flags: Mapping[str, str | None], environ: Mapping[str, str]) -> bool:
+    """``--dev`` or ``SIDECAR_DEV``: never a config file, so known before the dev environment
+    (whose values the configuration needs) is started."""
+    return truthy(resolve_raw(flags, environ)["dev"][0])
+
 
 def load_config(
     flags: Mapping[str, str | None],
     environ: Mapping[str, str],
-    overrides: Mapping[str, str] | None = None,
-    defaults: Mapping[str, str] | None = None,
+    supplied: Supplied | None = None,
 ) -> Config:
     """Build the validated ``Config`` or raise one ``ConfigError`` listing every problem."""
     check = Checker()
-    first = resolve_raw(flags, environ, overrides, defaults=defaults)
     document = None
     file_values: dict[str, str] = {}
-    config_path = first["config"][0]
+    config_path = resolve_raw(flags, environ)["config"][0]  # only a flag or SIDECAR_CONFIG
     if config_path:
         document = config_file.read(Path(config_path), check)
         file_values = config_file.settings(document, check) if document is not None else {}
+    chosen = resolve_raw(flags, environ, file_values=file_values)
+    overrides, defaults = _supplied_values(supplied or Supplied(), flags, chosen)
     raw = resolve_raw(flags, environ, overrides, file_values, defaults)
 
     def value(name: str) -> str:
@@ -230,6 +269,32 @@ def request_limits(
         "refusal_log_budget": count("refusal_log_budget", 1, 1_000_000),
         "allow_network_listener": allow_network,
     }
+
+
+def _supplied_values(
+    supplied: Supplied, flags: Mapping[str, str | None], chosen: Raw
+) -> tuple[dict[str, str], dict[str, str]]:
+    """(overrides, defaults) for ``resolve_raw``: the one place that knows what dev mode and
+    exec supply unless the user chose otherwise. ``chosen`` is the user's own resolution
+    (flags, environment, config file, built-in defaults)."""
+    overrides: dict[str, str] = {}
+    defaults: dict[str, str] = {}
+    if supplied.exec_directory is not None:
+        defaults.update(EXEC_DEFAULTS)
+    dev = supplied.dev
+    if dev is not None:
+        # Rank just below flags (documented), so an ambient AWS_ROLE_ARN does not leak in.
+        overrides.update(role_arn=dev.role_arn, sts_endpoint=dev.sts_endpoint, region=dev.region)
+        # Detection prefers a token file: it must not hide a source a flag asked for.
+        if not any(flags.get(name) for name in _OTHER_TOKEN_SOURCE_FLAGS):
+            overrides["token_file"] = str(dev.token_file)
+    # A generated auth token file only where nothing about auth was chosen, anywhere: it
+    # must never contradict --insecure-no-auth (flag, variable or config file).
+    auth_chosen = bool(chosen["auth_token_file"][0]) or truthy(chosen["insecure_no_auth"][0])
+    directory = supplied.exec_directory or (dev.directory if dev else None)
+    if directory is not None and not auth_chosen:
+        defaults["auth_token_file"] = str(directory / "auth-token")
+    return overrides, defaults
 
 
 def flag_role(raw: Raw, environ: Mapping[str, str], check: Checker) -> RoleConfig:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from sidecar.config import DevSupply
 from sidecar.devmode.issuer import OidcIssuer
 from sidecar.devmode.sts_emulator import StsEmulator
 from sidecar.devmode.token_writer import ProjectedTokenWriter
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 DEV_ROLE_ARN = "arn:aws:iam::123456789012:role/credential-sidecar-dev"
 DEV_SUBJECT = "system:serviceaccount:dev:credential-sidecar"
 DEV_TOKEN_TTL = 3600.0
+DEV_REGION = "us-east-1"
 
 
 @dataclass(frozen=True)
@@ -38,17 +40,15 @@ class DevEnvironment:
     emulator: StsEmulator
     token_file: Path
 
-    def overrides(self, auth_token_file: str | None) -> dict[str, str]:
-        """Settings dev mode supplies; explicit flags still win over them."""
-        values = {
-            "role_arn": DEV_ROLE_ARN,
-            "token_file": str(self.token_file),
-            "sts_endpoint": self.sts_url,
-            "region": "us-east-1",
-        }
-        if auth_token_file is None:
-            values["auth_token_file"] = str(self.directory / "auth-token")
-        return values
+    def supply(self) -> DevSupply:
+        """What dev mode offers the configuration; ``load_config`` decides where it applies."""
+        return DevSupply(
+            role_arn=DEV_ROLE_ARN,
+            token_file=self.token_file,
+            sts_endpoint=self.sts_url,
+            region=DEV_REGION,
+            directory=self.directory,
+        )
 
 
 def _issuer_routes(issuer: OidcIssuer) -> list[web.RouteDef]:
