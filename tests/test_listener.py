@@ -38,6 +38,31 @@ SECRET = "s3cret-auth-token-0123456789abcdef"
 CLIENT_TIMEOUT = 10.0
 
 
+class Captured(logging.Handler):
+    """Every record, rendered by both of the daemon's formatters."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        self.lines += [JsonFormatter().format(record), TextFormatter().format(record)]
+
+
+@pytest.fixture
+def captured() -> Iterator[Captured]:
+    handler = Captured()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    level = root.level
+    root.setLevel(logging.DEBUG)
+    yield handler
+    root.setLevel(level)
+    root.removeHandler(handler)
+
+
 class Served:
     def __init__(self, guard: ListenerGuard, port: int) -> None:
         self.guard = guard
@@ -169,7 +194,7 @@ async def test_client_that_does_not_read_is_aborted() -> None:
         writer.transport.abort()
 
 
-async def test_per_client_cap_holds_and_other_clients_are_served() -> None:
+async def test_per_client_cap_holds_and_other_clients_are_served(captured: Captured) -> None:
     """Over the per-address cap a connection gets a JSON 503; another address gets 200."""
     async with serving(max_connections=50, max_connections_per_client=5) as served:
         held = [await served.connect() for _ in range(5)]
@@ -182,6 +207,9 @@ async def test_per_client_cap_holds_and_other_clients_are_served() -> None:
             writer.close()
         await wait_for_count(served.guard, 0)
         assert await served.get() == 200
+    refusals = [r for r in captured.records if getattr(r, "event", "") == "connection_refused"]
+    assert len(refusals) == 1
+    assert all(r.levelno < logging.ERROR for r in captured.records)
 
 
 async def test_listener_cap_holds_across_addresses() -> None:
@@ -195,31 +223,6 @@ async def test_listener_cap_holds_across_addresses() -> None:
         assert await served.get("127.0.0.14") == 200
         for _, writer in held[1:]:
             writer.close()
-
-
-class Captured(logging.Handler):
-    """Every record, rendered by both of the daemon's formatters."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-        self.lines += [JsonFormatter().format(record), TextFormatter().format(record)]
-
-
-@pytest.fixture
-def captured() -> Iterator[Captured]:
-    handler = Captured()
-    root = logging.getLogger()
-    root.addHandler(handler)
-    level = root.level
-    root.setLevel(logging.DEBUG)
-    yield handler
-    root.setLevel(level)
-    root.removeHandler(handler)
 
 
 MALFORMED = [
@@ -356,15 +359,18 @@ def test_limits_come_from_settings(token_file: Path) -> None:
         {
             **flags,
             "idle_timeout": "2s",
-            "request_timeout": "500ms",
+            "request_timeout": "1500ms",
             "max_connections": "100",
             "max_connections_per_client": "10",
         },
         {},
     )
-    assert config.server.limits == ListenerLimits(2.0, 0.5, 100, 10)
+    assert config.server.limits == ListenerLimits(2.0, 1.5, 100, 10)
     assert load_config(flags, {}).server.limits == ListenerLimits()
     with pytest.raises(ConfigError) as caught:
         load_config({**flags, "max_connections": "lots", "idle_timeout": "0"}, {})
     assert "--max-connections='lots'" in str(caught.value)
     assert "--idle-timeout='0'" in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        load_config({**flags, "request_timeout": "500ms", "cold_start_wait": "800ms"}, {})
+    assert "--request-timeout='500ms' must be longer than --cold-start-wait" in str(caught.value)

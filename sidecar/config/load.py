@@ -126,6 +126,11 @@ def load_config(
         max_connections=count("max_connections", 1, 1_000_000),
         max_connections_per_client=count("max_connections_per_client", 1, 1_000_000),
     )
+    if limits.request_timeout <= policy.cold_start_wait:
+        check.add(
+            f"{raw['request_timeout'][1]}={value('request_timeout')!r} must be longer than "
+            f"--cold-start-wait ({policy.cold_start_wait:g}s), which a request may spend waiting"
+        )
 
     if document is not None and config_file.declares_roles(document):
         # Given on purpose (a flag or our own variable) rather than ambient (AWS_ROLE_ARN,

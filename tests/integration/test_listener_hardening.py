@@ -118,8 +118,18 @@ def test_malformed_requests_never_log_the_auth_token(
 
 def test_slow_and_idle_connections_are_closed(emulator: EmulatorThread, tmp_path: Path) -> None:
     """Half a request line and idle keep-alive sockets are closed; others are served."""
-    process = start(emulator, tmp_path, "--idle-timeout", "1s", "--request-timeout", "300ms")
+    process = start(
+        emulator,
+        tmp_path,
+        "--idle-timeout",
+        "1s",
+        "--request-timeout",
+        "300ms",
+        "--cold-start-wait",
+        "0",
+    )
     with running(process):
+        process.wait_event("exchanged")
         slow = [connect(process) for _ in range(50)]
         for sock in slow[:25]:
             sock.sendall(b"GET /v1/credentials HT")  # half a request line, then nothing
@@ -145,6 +155,7 @@ def test_connection_caps_hold_and_other_clients_are_served(
         emulator, tmp_path, "--max-connections", "12", "--max-connections-per-client", "4"
     )
     with running(process):
+        process.wait_event("exchanged")
         token = process.auth_token()
         held = [connect(process) for _ in range(4)]
         time.sleep(0.2)  # let the daemon accept them
@@ -198,6 +209,7 @@ def test_connection_flood_at_the_descriptor_limit_stays_quiet(
     """With few descriptors, a flood is refused cheaply: no accept-error storm, still 200."""
     process = with_nofile(start(emulator, tmp_path), 150, 150)
     with running(process):
+        process.wait_event("exchanged")
         token = process.auth_token()
         flood = []
         for n in range(400):
