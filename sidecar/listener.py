@@ -135,6 +135,8 @@ def _rejection(exc: BaseException | None) -> tuple[int, str, str]:
 class GuardedHandler(web_protocol.RequestHandler):
     """aiohttp's connection handler with a request deadline, caps and quiet errors."""
 
+    __slots__ = ("_admitted", "_client", "_deadline", "_guard")
+
     def __init__(self, manager: web.Server, *, guard: ListenerGuard, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._guard = guard
