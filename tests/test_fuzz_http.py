@@ -40,6 +40,8 @@ AUTH_TOKEN = "fuzz-auth-token-7f3a9c0d5e2b4a61"
 #: Put into header values: must never come back in a log line.
 CANARY = "Cn4ryHdrV4lue"
 ROLE_ARN = "arn:aws:iam::123456789012:role/build-role"
+#: Replaced by the listener's own host:port, so most requests pass a Host check.
+HOST = b"<host:port>"
 #: Far above the listeners' timeouts: hitting it means the daemon hung.
 HANG = 5.0
 LIMITS = ListenerLimits(idle_timeout=0.2, request_timeout=0.2)
@@ -229,7 +231,7 @@ def requests(draw: st.DrawFn, listener: str) -> bytes:
     headers = draw(st.lists(st.tuples(names, header_value), max_size=6))
     headers += [(b"X-Pad", b"p" + CANARY.encode())] * draw(st.sampled_from([0, 0, 0, 50, 200]))
     if draw(st.sampled_from([True] * 3 + [False])):
-        headers.append((b"Host", b"127.0.0.1"))
+        headers.append((b"Host", HOST))
     body = draw(st.sampled_from([b"", b"", b"x" * 10, b"5\r\nhello\r\n0\r\n\r\n"]))
     line = method + b" " + target + b" " + version + eol
     return line + b"".join(n + b": " + v + eol for n, v in headers) + eol + body
@@ -258,7 +260,9 @@ def test_raw_requests_never_break_either_listener(
 ) -> None:
     """Whatever bytes arrive: only documented statuses, JSON errors, no hang, nothing leaked."""
     listener, raw = conversation
-    for status, headers, body in responses(talk(listeners.ports[listener], raw)):
+    port = listeners.ports[listener]
+    raw = raw.replace(HOST, f"127.0.0.1:{port}".encode())
+    for status, headers, body in responses(talk(port, raw)):
         assert status < 500 or status == 503, (status, body)
         if status >= 400:
             assert headers.get("content-type", "").startswith("application/json"), body
@@ -282,10 +286,11 @@ def test_listeners_still_serve_after_the_fuzzing(listeners: Listeners, capture: 
     answer = talk(listeners.ports["credentials"], get % AUTH_TOKEN.encode())
     (status, _, body), *_ = responses(answer)
     assert status == 200 and b"SecretAccessKey" in body
-    put = b"PUT /latest/api/token HTTP/1.1\r\nHost: x\r\n%s: 60\r\nConnection: close\r\n\r\n"
-    (status, _, _), *_ = responses(
-        talk(listeners.ports["imds"], put % b"X-aws-ec2-metadata-token-ttl-seconds")
+    put = (
+        f"PUT /latest/api/token HTTP/1.1\r\nHost: 127.0.0.1:{listeners.ports['imds']}\r\n"
+        "X-aws-ec2-metadata-token-ttl-seconds: 60\r\nConnection: close\r\n\r\n"
     )
+    (status, _, _), *_ = responses(talk(listeners.ports["imds"], put.encode()))
     assert status == 200
     time.sleep(LIMITS.request_timeout * 2)  # let the last deadlines fire and log
     assert_nothing_leaked(capture)
@@ -306,7 +311,9 @@ def test_listeners_still_serve_after_the_fuzzing(listeners: Listeners, capture: 
 )
 def test_imds_errors_are_json(listeners: Listeners, raw: bytes) -> None:
     """The IMDS listener's refusals use the same JSON error shape as the credentials one."""
-    (status, headers, body), *_ = responses(talk(listeners.ports["imds"], raw))
+    port = listeners.ports["imds"]
+    raw = raw.replace(b"Host: x", f"Host: 127.0.0.1:{port}".encode())
+    (status, headers, body), *_ = responses(talk(port, raw))
     assert status in (400, 401, 403)
     assert headers["content-type"].startswith("application/json")
     assert set(json.loads(body)) == {"code", "message", "Code", "Message"}
