@@ -25,8 +25,16 @@ from sidecar.auth import AuthToken, ensure_token_file, loose_permissions
 from sidecar.chain import ChainExchanger
 from sidecar.clock import Clock, SystemClock
 from sidecar.config import Config, config_warnings
+from sidecar.config.model import ListenerLimits
 from sidecar.errors import ListenError
 from sidecar.imds import create_imds_app
+from sidecar.listener import (
+    AcceptErrorThrottle,
+    GuardedSite,
+    ListenerGuard,
+    fit_to_fd_limit,
+    raise_open_file_limit,
+)
 from sidecar.metrics import Metrics
 from sidecar.ratelimit import FailureLimiter
 from sidecar.refresher import Refresher
@@ -39,6 +47,8 @@ log = logging.getLogger(__name__)
 
 #: How long in-flight requests may take to finish once we stop listening.
 SHUTDOWN_GRACE = 3.0
+#: Pending connections the kernel queues before we accept them (capped by somaxconn).
+LISTEN_BACKLOG = 1024
 
 
 @dataclass(frozen=True)
@@ -89,16 +99,19 @@ def _base_url(host: str, port: int, path: str = CREDENTIALS_PATH) -> str:
 
 
 async def _listen(
-    stack: contextlib.AsyncExitStack, app: web.Application, host: str, port: int, flag: str
+    stack: contextlib.AsyncExitStack,
+    app: web.Application,
+    host: str,
+    port: int,
+    flag: str,
+    guard: ListenerGuard,
 ) -> tuple[str, int]:
     """Serve ``app`` on host:port until ``stack`` closes; the address actually bound."""
-    runner = web.AppRunner(
-        app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_GRACE
-    )
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE)
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
     try:
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
+        await GuardedSite(runner, host, port, guard, backlog=LISTEN_BACKLOG).start()
     except OSError as exc:
         raise ListenError(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}. Pick another {flag} "
@@ -106,6 +119,31 @@ async def _listen(
         ) from None
     bound_host, bound_port = runner.addresses[0][:2]
     return str(bound_host), int(bound_port)
+
+
+def _listener_limits(config: Config) -> ListenerLimits:
+    """The configured limits, after lifting the open-file limit and fitting the caps into it."""
+    before, after = raise_open_file_limit()
+    if after != before:
+        log.info(
+            "raised the open-file limit from %d to %d",
+            before,
+            after,
+            extra={"event": "fd_limit_raised", "before": before, "after": after},
+        )
+    listeners = 1 if config.server.imds_host is None else 2
+    limits = fit_to_fd_limit(config.server.limits, listeners, after)
+    if limits != config.server.limits:
+        log.warning(
+            "open-file limit %d is too low for --max-connections %d on %d listener(s): "
+            "capping at %d; raise the hard limit (ulimit -Hn) to allow more",
+            after,
+            config.server.limits.max_connections,
+            listeners,
+            limits.max_connections,
+            extra={"event": "max_connections_lowered", "max_connections": limits.max_connections},
+        )
+    return limits
 
 
 @contextlib.asynccontextmanager
@@ -176,7 +214,18 @@ async def running_daemon(
             refusals=refusals,
             check_host=any(e.auth is None for e in endpoints.values()),
         )
-        host, port = await _listen(stack, app, config.server.host, config.server.port, "--listen")
+        limits = _listener_limits(config)
+        accept_errors = AcceptErrorThrottle(asyncio.get_running_loop())
+        accept_errors.install()
+        stack.callback(accept_errors.uninstall)
+        host, port = await _listen(
+            stack,
+            app,
+            config.server.host,
+            config.server.port,
+            "--listen",
+            ListenerGuard(limits, "credentials"),
+        )
         base = _base_url(host, port)
         imds_url = None
         if config.server.imds_host is not None and config.server.imds_role is not None:
@@ -195,6 +244,7 @@ async def running_daemon(
                 config.server.imds_host,
                 config.server.imds_port,
                 "--imds-listen",
+                ListenerGuard(limits, "imds"),
             )
             imds_url = _base_url(imds_host, imds_port, "/")
             log.info(

@@ -45,6 +45,7 @@ from sidecar.server import (
     REFUSAL_LOG,
     ROLE,
     LogThrottle,
+    error_response,
     json_errors_and_metrics,
 )
 
@@ -128,13 +129,15 @@ def create_imds_app(
 
     async def issue_token(request: web.Request) -> web.Response:
         if "X-Forwarded-For" in request.headers:
-            return web.Response(status=403, text="Forbidden")
+            return error_response(
+                403, "Forbidden", "token requests that came through a proxy are refused"
+            )
         try:
             ttl = int(request.headers.get(TTL_HEADER, ""))
         except ValueError:
             ttl = 0
         if not 1 <= ttl <= 21600:
-            return web.Response(status=400, text=f"{TTL_HEADER} must be 1..21600")
+            return error_response(400, "InvalidTTL", f"{TTL_HEADER} must be 1..21600")
         return web.Response(text=tokens.issue(ttl), headers={TTL_HEADER: str(ttl)})
 
     def authorised(request: web.Request) -> bool:
@@ -142,19 +145,22 @@ def create_imds_app(
 
     async def list_roles(request: web.Request) -> web.Response:
         if not authorised(request):
-            return web.Response(status=401, text="Unauthorized")
+            return error_response(401, "Unauthorized", f"send a session token in {TOKEN_HEADER}")
         return web.Response(text=name)
 
     async def credentials(request: web.Request) -> web.Response:
         if not authorised(request):
-            return web.Response(status=401, text="Unauthorized")
+            return error_response(401, "Unauthorized", f"send a session token in {TOKEN_HEADER}")
         if request.match_info["name"] != name:
-            return web.Response(status=404, text="Not Found")
+            return error_response(404, "NotFound", f"this endpoint serves only the role {name}")
         request[ROLE] = refresher.name
         snap = await refresher.wait_servable(cold_start_wait)
         if snap is None:
-            return web.Response(
-                status=503, text="credentials unavailable", headers={"Retry-After": "1"}
+            return error_response(
+                503,
+                "CredentialsUnavailable",
+                "no valid credentials yet; the daemon keeps retrying STS",
+                headers={"Retry-After": "1"},
             )
         creds = snap.credentials
         body = {

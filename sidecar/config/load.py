@@ -15,6 +15,7 @@ from sidecar.config.checks import Checker, check_accounts_of
 from sidecar.config.model import (
     Config,
     HopConfig,
+    ListenerLimits,
     RefreshPolicy,
     RoleConfig,
     ServerConfig,
@@ -154,6 +155,25 @@ def load_config(
         cold_start_wait=secs("cold_start_wait", 0, 0.95),
     )
 
+    def count(name: str, low: int, high: int) -> int:
+        text = value(name).strip()
+        if not text.isdigit() or not low <= int(text) <= high:
+            check.add(f"{raw[name][1]}={text!r} must be a whole number from {low} to {high}")
+            return low
+        return int(text)
+
+    limits = ListenerLimits(
+        idle_timeout=secs("idle_timeout", 0.01, 3600),
+        request_timeout=secs("request_timeout", 0.01, 3600),
+        max_connections=count("max_connections", 1, 1_000_000),
+        max_connections_per_client=count("max_connections_per_client", 1, 1_000_000),
+    )
+    if limits.request_timeout <= policy.cold_start_wait:
+        check.add(
+            f"{raw['request_timeout'][1]}={value('request_timeout')!r} must be longer than "
+            f"--cold-start-wait ({policy.cold_start_wait:g}s), which a request may spend waiting"
+        )
+
     if document is not None and config_file.declares_roles(document):
         # Given on purpose (a flag or our own variable) rather than ambient (AWS_ROLE_ARN,
         # which EKS injects into every pod): only the former is ambiguous.
@@ -197,7 +217,7 @@ def load_config(
             "--insecure-no-auth"
         )
 
-    limits = request_limits(raw, host, insecure, imds_host, check)
+    refusal_settings = request_limits(raw, host, insecure, imds_host, check)
 
     if check.problems:
         raise ConfigError(check.problems)
@@ -215,7 +235,8 @@ def load_config(
             imds_host=imds_host,
             imds_port=imds_port,
             imds_role=imds_role if imds_host is not None else None,
-            **limits,
+            **refusal_settings,
+            limits=limits,
         ),
         log_format=log_format,
         log_level=log_level,

@@ -90,6 +90,19 @@ class RefreshPolicy:
 
 
 @dataclass(frozen=True)
+class ListenerLimits:
+    """Bounds every HTTP listener puts on its clients (README: Connections and requests)."""
+
+    #: No complete request head this long after the connection opened or its last answer.
+    idle_timeout: float = 5.0
+    #: From a request's first byte until its answer is written (slow heads, slow readers).
+    request_timeout: float = 5.0
+    max_connections: int = 1024
+    #: Must stay above a cold-start storm of concurrent SDK clients on one address (~300).
+    max_connections_per_client: int = 512
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     host: str
     port: int
@@ -108,6 +121,7 @@ class ServerConfig:
     refusal_log_budget: int = 60
     #: Allow listeners without client auth on non-local addresses (loudly named flag).
     allow_network_listener: bool = False
+    limits: ListenerLimits = ListenerLimits()
 
 
 @dataclass(frozen=True)

@@ -150,6 +150,33 @@ SETTINGS: tuple[Setting, ...] = (
         "the role the IMDS listener serves (default: the default role)",
     ),
     _s(
+        "idle_timeout",
+        ("SIDECAR_IDLE_TIMEOUT",),
+        "5s",
+        "close a connection that sends no complete request head this long after it opened "
+        "or after its last answer",
+    ),
+    _s(
+        "request_timeout",
+        ("SIDECAR_REQUEST_TIMEOUT",),
+        "5s",
+        "close a connection whose request, from its first byte to its answer being read, "
+        "takes longer",
+    ),
+    _s(
+        "max_connections",
+        ("SIDECAR_MAX_CONNECTIONS",),
+        "1024",
+        "open connections per listener; more are answered 503 and closed at once",
+    ),
+    _s(
+        "max_connections_per_client",
+        ("SIDECAR_MAX_CONNECTIONS_PER_CLIENT",),
+        "512",
+        "open connections per listener from one client address (all local processes share "
+        "127.0.0.1)",
+    ),
+    _s(
         "auth_token_file",
         ("SIDECAR_AUTH_TOKEN_FILE",),
         None,
