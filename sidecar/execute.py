@@ -176,7 +176,7 @@ async def wait_ready(refresher: Refresher, seconds: float) -> bool:
         left = deadline - loop.time()
         if left <= 0:
             return False
-        await refresher.wait_servable(min(left, 0.5))
+        await refresher.wait_updated(min(left, 0.5))
     return True
 
 

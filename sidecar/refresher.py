@@ -151,15 +151,16 @@ class Refresher:
         only hides the first exchange's latency, it would just slow every 503 down.
         """
         snap = self.servable()
-        if snap is not None or at_most <= 0:
+        if snap is not None or at_most <= 0 or self._snapshot is not None:
             return snap
-        if self._snapshot is not None:
-            # Still a suspension point, so a caller polling in a loop lets the refresh run.
-            await asyncio.sleep(0)
-            return None
+        return await self.wait_updated(at_most)
+
+    async def wait_updated(self, at_most: float) -> Snapshot | None:
+        """Wait up to ``at_most`` seconds (on the injected clock) for the next exchange to
+        succeed; the servable snapshot then, or None."""
         updated = self._updated
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(at_most):
+            async with self._clock.timeout(at_most):
                 await updated.wait()
         return self.servable()
 

@@ -203,10 +203,14 @@ async def test_single_flight(make: Factory) -> None:
 
 
 async def test_wait_servable_is_bounded(make: Factory) -> None:
-    """A cold-start reader waits at most its bound, then gets None."""
-    refresher, exchanger, _ = make([3600], start=False)
+    """A cold-start reader waits at most its bound, on the injected clock, then gets None."""
+    refresher, exchanger, clock = make([3600], start=False)
     exchanger.gate = asyncio.Event()
-    assert await refresher.wait_servable(0.01) is None
+    reader = asyncio.ensure_future(refresher.wait_servable(0.01))
+    await clock.advance(0.009)
+    assert not reader.done()
+    await clock.advance(0.002)
+    assert await reader is None
 
 
 async def test_wait_servable_returns_first_credentials(make: Factory) -> None:

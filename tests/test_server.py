@@ -105,14 +105,21 @@ async def test_cold_start_then_503_with_retry_after(tmp_path: Path) -> None:
     throttled = StsError("AssumeRoleWithWebIdentity", "Throttling", "x", Disposition.RETRY, 400)
     h = await harness(tmp_path, [throttled])
     try:
-        started = time.monotonic()
-        response = await h.client.get("/v1/credentials", headers={"Authorization": TOKEN})
-        elapsed = time.monotonic() - started
+        request = asyncio.ensure_future(
+            h.client.get("/v1/credentials", headers={"Authorization": TOKEN})
+        )
+        # Until the request waits on the fake clock (the refresher backs off >= 0.5 s).
+        async with asyncio.timeout(5):
+            while (wakeup := h.clock.next_wakeup()) is None or wakeup > 0.3:
+                await asyncio.sleep(0.001)
+        await h.clock.advance(0.19)
+        assert not request.done(), "answered before the cold-start wait was over"
+        await h.clock.advance(0.02)
+        response = await request
         assert response.status == 503
         assert response.headers["Retry-After"] == "1"
         assert response.headers["Content-Type"] == "application/json"
         assert json.loads(await response.read())["Code"] == "CredentialsUnavailable"
-        assert 0.15 <= elapsed < 1.0
         ready = await h.client.get("/readyz")
         assert ready.status == 503
         text = await (await h.client.get("/metrics")).text()
