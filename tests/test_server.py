@@ -110,7 +110,7 @@ async def test_cold_start_then_503_with_retry_after(tmp_path: Path) -> None:
         )
         # Until the request waits on the fake clock (the refresher backs off >= 0.5 s).
         async with asyncio.timeout(5):
-            while (wakeup := h.clock.next_wakeup()) is None or wakeup > 0.3:
+            while (wakeup := h.clock.next_wakeup()) is None or wakeup > 0.3:  # noqa: ASYNC110
                 await asyncio.sleep(0.001)
         await h.clock.advance(0.19)
         assert not request.done(), "answered before the cold-start wait was over"
