@@ -49,10 +49,21 @@ class FileIdentity:
     size: int
     mtime_ns: int
     ctime_ns: int
+    #: Owner and permission bits: a chmod or chown is a change worth re-checking.
+    uid: int
+    mode: int
 
     @classmethod
     def of(cls, st: os.stat_result) -> FileIdentity:
-        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        return cls(
+            st.st_dev,
+            st.st_ino,
+            st.st_size,
+            st.st_mtime_ns,
+            st.st_ctime_ns,
+            st.st_uid,
+            stat.S_IMODE(st.st_mode),
+        )
 
 
 def _kind(mode: int) -> str:
