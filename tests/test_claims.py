@@ -101,3 +101,16 @@ def test_inspect_reports_malformed_claims(tmp_path: Path, payload: dict[str, Any
     assert result.returncode == 4, result.stderr
     assert "malformed token" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.integration
+def test_inspect_refuses_an_oversized_trust_policy(tmp_path: Path) -> None:
+    """`inspect --trust-policy` reads at most 64 KiB, refusing a bigger file clearly."""
+    token_file = tmp_path / "token"
+    token_file.write_text(unsigned({"iss": "https://x", "sub": "s", "aud": "sts.amazonaws.com"}))
+    policy = tmp_path / "policy.json"
+    with policy.open("wb") as handle:
+        handle.truncate(200 * 1024 * 1024)
+    result = run_sidecar("inspect", "--token-file", str(token_file), "--trust-policy", str(policy))
+    assert result.returncode == 2, result.stderr
+    assert "larger than 64 KiB" in result.stderr
