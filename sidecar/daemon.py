@@ -21,7 +21,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from sidecar import __version__
-from sidecar.auth import AuthToken, ensure_token_file, loose_permissions
+from sidecar.auth import AuthToken, ensure_token_file
 from sidecar.chain import ChainExchanger
 from sidecar.clock import Clock, SystemClock
 from sidecar.config import Config, config_warnings
@@ -77,20 +77,22 @@ class Running:
             )
 
 
-def load_auth(path: Path, clock: Clock) -> AuthToken:
+async def load_auth(path: Path) -> AuthToken:
+    """The auth token in ``path`` (generated if missing), read with every check."""
     if ensure_token_file(path):
         log.info(
             "generated a new auth token in %s (mode 0600)",
             path,
             extra={"event": "auth_token_created", "path": str(path)},
         )
-    elif loose_permissions(path):
+    auth = await AuthToken.load(path)
+    if auth.readable_by_others:
         log.warning(
             "auth token file %s is readable by group or others; chmod 600 it",
             path,
             extra={"event": "auth_token_permissions", "path": str(path)},
         )
-    return AuthToken(path, clock.monotonic)
+    return auth
 
 
 def _base_url(host: str, port: int, path: str = CREDENTIALS_PATH) -> str:
@@ -158,9 +160,17 @@ async def running_daemon(
     metrics = Metrics(registry or CollectorRegistry())
     for warning in config_warnings(config):
         log.warning(warning, extra={"event": "config_warning"})
-    server_auth = (
-        load_auth(config.server.auth_token_file, clock) if config.server.auth_token_file else None
-    )
+    # One AuthToken per file, shared by the roles naming it; each watched by one task.
+    auths: dict[Path, AuthToken] = {}
+
+    async def auth_for(path: Path | None) -> AuthToken | None:
+        if path is None:
+            return None
+        if path not in auths:
+            auths[path] = await load_auth(path)
+        return auths[path]
+
+    server_auth = await auth_for(config.server.auth_token_file)
 
     async with contextlib.AsyncExitStack() as stack:
         sts = await stack.enter_async_context(
@@ -172,7 +182,7 @@ async def running_daemon(
 
         endpoints: dict[str, RoleEndpoint] = {}
         for role in config.roles:
-            auth = load_auth(role.auth_token_file, clock) if role.auth_token_file else server_auth
+            auth = await auth_for(role.auth_token_file) if role.auth_token_file else server_auth
             tokens = build_token_source(
                 role.token, clock, http, environ if environ is not None else os.environ
             )
@@ -195,6 +205,9 @@ async def running_daemon(
             task = asyncio.create_task(refresher.run(), name=f"refresher:{role.name}")
             stack.push_async_callback(_cancel, task)
             endpoints[role.name] = RoleEndpoint(refresher, auth)
+        for path, auth_token in auths.items():
+            watcher = asyncio.create_task(auth_token.watch(clock), name=f"auth-watch:{path}")
+            stack.push_async_callback(_cancel, watcher)
 
         # One refusal log budget and one failure limit per client across both listeners.
         refusals = LogThrottle(monotonic=clock.monotonic, budget=config.server.refusal_log_budget)

@@ -153,7 +153,7 @@ def prepare_environment(
     Raises ``AuthTokenError`` if the auth token file cannot be read back.
     """
     token_file = running.auth_token_file
-    token = Secret(read_token_file(Path(token_file))) if token_file else None
+    token = Secret(read_token_file(Path(token_file))[0]) if token_file else None
     settings = profile_settings(environ)
     region_known = "region" in settings or any(
         environ.get(name) for name in ("AWS_REGION", "AWS_DEFAULT_REGION")

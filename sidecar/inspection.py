@@ -20,6 +20,7 @@ from sidecar.clock import SystemClock
 from sidecar.config.checks import Checker
 from sidecar.config.settings import Raw
 from sidecar.errors import ConfigError
+from sidecar.safe_read import MAX_INPUT_BYTES
 from sidecar.tokens import build_token_source
 from sidecar.trust_policy import Finding, check, check_token
 
@@ -47,9 +48,17 @@ class Report:
 
 def _load_policy(path: Path) -> dict[str, Any]:
     try:
-        document = json.loads(path.read_text())
+        # A pipe is fine here (`--trust-policy <(aws iam get-role ...)`), but bounded.
+        with path.open("rb") as handle:
+            data = handle.read(MAX_INPUT_BYTES + 1)
     except OSError as exc:
         raise ConfigError([f"--trust-policy {path} cannot be read: {exc.strerror}"]) from None
+    if len(data) > MAX_INPUT_BYTES:
+        raise ConfigError(
+            [f"--trust-policy {path} is larger than 64 KiB: is it a role's trust policy?"]
+        )
+    try:
+        document = json.loads(data)
     except ValueError as exc:
         raise ConfigError([f"--trust-policy {path} is not JSON: {exc}"]) from None
     # Accept both the bare policy and `aws iam get-role` output.

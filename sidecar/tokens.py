@@ -9,6 +9,11 @@ A ``TokenSource`` produces a token for every exchange attempt:
   it warns ahead of ``exp`` and fails clearly after it;
 * ``CommandTokenSource`` runs a program (no shell) and reads the token from its stdout.
 
+Every source is bounded: at most ``MAX_TOKEN_BYTES`` are read (never more than one byte
+past it), a file must be a regular file opened without blocking and read off the event
+loop (``sidecar.safe_read``), and a command runs in its own process group that is killed
+as a whole, so nothing it started outlives it.
+
 Claims are decoded *without* verifying the signature (STS does that): only to fail fast
 with a clear message on an expired, malformed or wrongly addressed token, and to log who
 we claim to be (never the token).
@@ -16,10 +21,9 @@ we claim to be (never the token).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,10 +35,12 @@ from urllib.parse import quote
 import aiohttp
 import jwt
 
+from sidecar.bounded_command import run_bounded
 from sidecar.clock import Clock
 from sidecar.config import TokenSourceConfig
 from sidecar.credentials import format_expiration
 from sidecar.errors import Disposition, TokenError, TokenExpiredError
+from sidecar.safe_read import MAX_INPUT_BYTES, OffLoopReader, read_small_file, size_text
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,12 @@ STS_EXP_LEEWAY = 300
 HTTP_FETCH_TIMEOUT = 10.0
 #: Environment tokens: warn this long before they expire.
 ENV_TOKEN_WARNING = 600
+#: The most any source may deliver (a JWT is a few KB).
+MAX_TOKEN_BYTES = MAX_INPUT_BYTES
+#: How much of a token command's error output is kept for the error message.
+COMMAND_STDERR_KEPT = 4096
+#: Time claims past this (9999-12-31T23:59:59Z) cannot be represented as a date.
+_MAX_TIMESTAMP = 253402300799
 
 
 @dataclass(frozen=True)
@@ -82,24 +94,30 @@ class TokenSource(Protocol):
 def inspect_token(
     value: str, origin: str, now: datetime, audience: str | None = None
 ) -> TokenClaims:
-    """Decode claims without verification; reject what STS would certainly reject."""
+    """Decode claims without verification; reject what STS would certainly reject.
+
+    The claims come from whoever wrote the token: every type and range is checked, so a
+    malformed token is a ``TokenError`` naming the claim, never a crash.
+    """
     try:
         payload: dict[str, Any] = jwt.decode(
             value,
             options={"verify_signature": False, "verify_exp": False, "verify_aud": False},
         )
-    except jwt.DecodeError as exc:
+    except (jwt.PyJWTError, ValueError) as exc:
         raise TokenError(
             f"{origin} does not hold a JWT ({exc}); it must contain an OIDC ID token "
             "(three base64url parts separated by dots)"
         ) from None
-    aud = payload.get("aud", ())
-    audiences = (aud,) if isinstance(aud, str) else tuple(str(a) for a in aud)
-    exp = payload.get("exp")
-    expires_at = datetime.fromtimestamp(exp, UTC) if isinstance(exp, int | float) else None
+    issuer = _text_claim(payload, "iss", origin)
+    subject = _text_claim(payload, "sub", origin)
+    audiences = _audience_claim(payload, origin)
+    expires_at = _time_claim(payload, "exp", origin)
+    for name in ("nbf", "iat"):
+        _time_claim(payload, name, origin)
     claims = TokenClaims(
-        issuer=str(payload.get("iss", "")),
-        subject=str(payload.get("sub", "")),
+        issuer=issuer,
+        subject=subject,
         audience=audiences,
         expires_at=expires_at,
         other=payload,
@@ -123,6 +141,52 @@ def inspect_token(
     return claims
 
 
+def _malformed(origin: str, name: str, value: object, expected: str) -> TokenError:
+    if isinstance(value, bool) or value is None:
+        shown = json.dumps(value)
+    elif isinstance(value, int | float):
+        shown = f"{value:.6g}" if isinstance(value, float) else str(value)[:24]
+    else:
+        names: dict[type, str] = {str: "a string", list: "a list", dict: "an object"}
+        shown = names.get(type(value), "a value")
+    return TokenError(
+        f"{origin} holds a malformed token: its {name} claim is {shown}, but it must be "
+        f"{expected}; whatever issues the token is broken or it is not an OIDC ID token"
+    )
+
+
+def _text_claim(payload: Mapping[str, Any], name: str, origin: str) -> str:
+    value = payload.get(name, "")
+    if not isinstance(value, str):
+        raise _malformed(origin, name, value, "a string")
+    return value
+
+
+def _audience_claim(payload: Mapping[str, Any], origin: str) -> tuple[str, ...]:
+    value = payload.get("aud", ())
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list | tuple) and all(isinstance(a, str) for a in value):
+        return tuple(value)
+    raise _malformed(origin, "aud", value, "a string or a list of strings")
+
+
+def _time_claim(payload: Mapping[str, Any], name: str, origin: str) -> datetime | None:
+    if name not in payload:
+        return None
+    value = payload[name]
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0 <= value <= _MAX_TIMESTAMP
+    ):
+        raise _malformed(
+            origin, name, value, "a time in seconds since 1970 (a number up to year 9999)"
+        )
+    return datetime.fromtimestamp(value, UTC)
+
+
 def read_token(
     raw: bytes | str, origin: str, now: datetime, audience: str | None
 ) -> WebIdentityToken:
@@ -137,6 +201,11 @@ def _from_text(raw: bytes | str, origin: str) -> str:
         text.encode("ascii")
     except (UnicodeDecodeError, UnicodeEncodeError):
         raise TokenError(f"{origin} is not ASCII text, so it is not a JWT") from None
+    if len(text) > MAX_TOKEN_BYTES:
+        raise TokenError(
+            f"{origin} holds more than {size_text(MAX_TOKEN_BYTES)} (a token is a few KB): "
+            "is it the right source?"
+        )
     # JWTs never contain whitespace; a trailing newline from `echo` is harmless here.
     value = text.strip()
     if not value:
@@ -145,24 +214,30 @@ def _from_text(raw: bytes | str, origin: str) -> str:
 
 
 class FileTokenSource:
-    """A token file re-read on every fetch."""
+    """A token file re-read on every fetch: a regular file, bounded, read off the loop."""
 
     def __init__(self, path: Path, clock: Clock, audience: str | None = None) -> None:
         self.path = path
         self._clock = clock
         self._audience = audience
+        self._reader = OffLoopReader(f"token file {path}")
 
     def __repr__(self) -> str:
         return f"FileTokenSource({str(self.path)!r})"
 
     async def fetch(self) -> WebIdentityToken:
         origin = f"token file {self.path}"
+
+        def fail(problem: str) -> TokenError:
+            return TokenError(f"{origin} {problem}")
+
+        def read() -> bytes:
+            return read_small_file(self.path, fail, MAX_TOKEN_BYTES)[0]
+
         try:
-            raw = await asyncio.to_thread(self.path.read_bytes)
+            raw = await self._reader.run(read, fail)
         except FileNotFoundError:
             raise TokenError(f"{origin} does not exist (is the volume mounted?)") from None
-        except OSError as exc:
-            raise TokenError(f"{origin} cannot be read: {exc.strerror}") from None
         return read_token(raw, origin, self._clock.now(), self._audience)
 
 
@@ -210,7 +285,7 @@ class EnvTokenSource:
 
 
 class CommandTokenSource:
-    """Runs ``argv`` (no shell) for every fetch; stdout is the token."""
+    """Runs ``argv`` (no shell, own process group, bounded output) per fetch; stdout: the token."""
 
     def __init__(
         self, argv: tuple[str, ...], timeout: float, clock: Clock, audience: str | None = None
@@ -225,33 +300,25 @@ class CommandTokenSource:
 
     async def fetch(self) -> WebIdentityToken:
         origin = f"token command {self.argv[0]}"
+
+        def fail(problem: str) -> TokenError:
+            return TokenError(f"{origin} {problem}")
+
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *self.argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+            result = await run_bounded(
+                self.argv, self._timeout, fail, MAX_TOKEN_BYTES, COMMAND_STDERR_KEPT
             )
         except OSError as exc:
             raise TokenError(f"{origin} cannot be started: {exc.strerror or exc}") from None
-        try:
-            async with asyncio.timeout(self._timeout):
-                stdout, stderr = await proc.communicate()
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-            raise TokenError(f"{origin} did not finish within {self._timeout:g}s") from None
-        except asyncio.CancelledError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            raise
-        if proc.returncode != 0:
-            detail = stderr.decode(errors="replace").strip()[-300:]
-            raise TokenError(
-                f"{origin} exited with status {proc.returncode}: {detail or '(no error output)'}"
+        if result.returncode != 0:
+            detail = result.stderr_tail.decode(errors="replace").strip()[-300:]
+            status = (
+                f"was killed by signal {-result.returncode}"
+                if result.returncode < 0
+                else f"exited with status {result.returncode}"
             )
-        return read_token(stdout, origin, self._clock.now(), self._audience)
+            raise TokenError(f"{origin} {status}: {detail or '(no error output)'}")
+        return read_token(result.stdout, origin, self._clock.now(), self._audience)
 
 
 class GithubTokenSource:
@@ -282,12 +349,17 @@ class GithubTokenSource:
         headers = {"Authorization": f"Bearer {self._request_token}", "Accept": "application/json"}
         try:
             async with self._session.get(
-                self._url, headers=headers, timeout=self._timeout
+                self._url, headers=headers, timeout=self._timeout, allow_redirects=False
             ) as response:
-                body = await response.read()
                 status = response.status
+                body = await _read_capped(response, MAX_TOKEN_BYTES)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TokenError(f"{origin} unreachable: {type(exc).__name__}: {exc}") from None
+        if body is None:
+            raise TokenError(
+                f"{origin} answered with more than {size_text(MAX_TOKEN_BYTES)} (a token "
+                "response is a few KB): is ACTIONS_ID_TOKEN_REQUEST_URL right?"
+            )
         if status != 200:
             disposition = Disposition.RETRY if status >= 500 or status == 429 else Disposition.FATAL
             hint = (
@@ -301,6 +373,18 @@ class GithubTokenSource:
         except (ValueError, KeyError, TypeError):
             raise TokenError(f'{origin} answered without a JSON "value" field') from None
         return read_token(str(value), origin, self._clock.now(), self._audience)
+
+
+async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The body, or None once it passes ``limit`` (never more than one chunk past it)."""
+    if (response.content_length or 0) > limit:
+        return None
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(16384):
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
 
 
 def build_token_source(

@@ -15,6 +15,7 @@ from sidecar.config import (
     parse_listen,
     parse_seconds,
 )
+from sidecar.config.checks import shown
 from sidecar.errors import ConfigError
 
 ROLE = "arn:aws:iam::123456789012:role/ci"
@@ -257,3 +258,96 @@ def test_refresh_ahead_bounds(lifetime: int) -> None:
     assert ahead >= min(0.25 * lifetime, 0.75 * lifetime)
     if lifetime >= 3600:
         assert ahead > 30 * 60
+
+
+JWT = (
+    "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJyZXBvOm9yZy9hcHAiLCJhdWQiOiJzdHMifQ."
+    "c2lnbmF0dXJlLXRoYXQtbG9va3MtcmVhbA"
+)
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "where"),
+    [
+        ({"token_env": JWT}, {}, "--token-env"),
+        ({"token_file": JWT}, {}, "--token-file"),
+        ({}, {"AWS_WEB_IDENTITY_TOKEN_FILE": JWT}, "AWS_WEB_IDENTITY_TOKEN_FILE"),
+    ],
+)
+def test_token_pasted_into_a_setting_is_not_printed(
+    flags: dict[str, str], env: dict[str, str], where: str
+) -> None:
+    """A JWT given where a name or path belongs is named as such and never echoed."""
+    environ = {"AWS_ROLE_ARN": ROLE, "SIDECAR_INSECURE_NO_AUTH": "1", **env}
+    with pytest.raises(ConfigError) as caught:
+        load_config(flags, environ)
+    message = str(caught.value)
+    assert "this looks like a token, not a variable name or a path" in message
+    assert where in message
+    assert JWT not in message
+    assert JWT.split(".")[1] not in message
+
+
+def test_secrets_in_any_setting_are_not_echoed(token_file: Path) -> None:
+    """A JWT or a long random string in any setting is reported without its value."""
+    secret_key = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY9x"
+    flags = {
+        "role_arn": JWT,
+        "region": secret_key,
+        "log_level": "Bearer " + JWT,
+        "log_format": "0123456789abcdef0123456789abcdef01234567",
+    }
+    with pytest.raises(ConfigError) as caught:
+        load_config(flags, base_env(token_file))
+    message = str(caught.value)
+    assert "--role-arn=<a value that looks like a token, not shown>" in message
+    assert "--region=<a value that looks like a token, not shown>" in message
+    for secret in (JWT, secret_key, JWT.split(".")[1], flags["log_format"]):
+        assert secret not in message
+        assert secret.lower() not in message  # nor its lowercased form
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "/var/run/secrets/eks.amazonaws.com/serviceaccount/token",
+        "arn:aws:iam::123456789012:role/ci",
+        "CI_JOB_JWT_V2",
+        "us-east-1",
+        "token.v2.jwt",
+        "credential-sidecar-0123456789abcdef",
+    ],
+)
+def test_ordinary_values_are_still_shown(value: str) -> None:
+    """Names, paths, ARNs and regions are echoed as they are: only secrets are hidden."""
+    assert shown(value) == repr(value)
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("https://pipelines.actions.githubusercontent.com/abc/_apis/token?api-version=2.0", True),
+        ("http://127.0.0.1:8080/token", True),
+        ("http://127.5.6.7/token", True),
+        ("http://[::1]:8080/token", True),
+        ("http://localhost:8080/token", True),
+        ("http://pipelines.actions.githubusercontent.com/token", False),
+        ("http://10.0.0.5/token", False),
+        ("http://127.0.0.1.nip.io/token", False),
+        ("ftp://example.com/token", False),
+    ],
+)
+def test_github_token_url_must_be_https_unless_loopback(url: str, ok: bool) -> None:
+    """ACTIONS_ID_TOKEN_REQUEST_URL must be https://, except to a loopback host."""
+    environ = {
+        "AWS_ROLE_ARN": ROLE,
+        "SIDECAR_INSECURE_NO_AUTH": "1",
+        "ACTIONS_ID_TOKEN_REQUEST_URL": url,
+        "ACTIONS_ID_TOKEN_REQUEST_TOKEN": "request-token",
+    }
+    if ok:
+        assert load_config({}, environ).roles[0].token.github_url == url
+        return
+    with pytest.raises(ConfigError, match="ACTIONS_ID_TOKEN_REQUEST_URL=") as caught:
+        load_config({}, environ)
+    assert "https://" in str(caught.value)

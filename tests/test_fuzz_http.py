@@ -119,7 +119,7 @@ class Listeners:
         assert refresher.status().ready
         token_path = self._tmp / "auth-token"
         token_path.write_text(AUTH_TOKEN)
-        endpoint = RoleEndpoint(refresher, AuthToken(token_path, time.monotonic))
+        endpoint = RoleEndpoint(refresher, AuthToken.from_file(token_path))
         apps = {
             "credentials": create_app({"default": endpoint}, "default", metrics, 0.05),
             "imds": create_imds_app(refresher, ROLE_ARN, metrics, 0.05),

@@ -131,7 +131,7 @@ async def serve(
         "default", exchanger, 3600, RefreshPolicy(), clock, metrics, random.Random(1)
     )
     (tmp_path / "auth").write_text(TOKEN)
-    endpoint = RoleEndpoint(refresher, AuthToken(tmp_path / "auth", clock.monotonic))
+    endpoint = RoleEndpoint(refresher, AuthToken.from_file(tmp_path / "auth"))
     app = create_app(
         {"default": endpoint},
         "default",

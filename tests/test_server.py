@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +48,7 @@ async def harness(
     )
     token_path = tmp_path / "auth"
     token_path.write_text(TOKEN)
-    endpoint = RoleEndpoint(refresher, AuthToken(token_path, time.monotonic) if auth else None)
+    endpoint = RoleEndpoint(refresher, AuthToken.from_file(token_path) if auth else None)
     app = create_app({"default": endpoint}, "default", metrics, cold_start_wait)
     client = TestClient(TestServer(app, host="127.0.0.1"))
     await client.start_server()

@@ -177,7 +177,7 @@ async def test_command_timeout_kills_it() -> None:
     """A hanging command is killed at its timeout."""
     argv = (sys.executable, "-c", "import time; time.sleep(30)")
     started = time.monotonic()
-    with pytest.raises(TokenError, match=r"did not finish within 0\.3s"):
+    with pytest.raises(TokenError, match=r"did not exit within 0\.3s"):
         await CommandTokenSource(argv, 0.3, SystemClock()).fetch()
     assert time.monotonic() - started < 5
 

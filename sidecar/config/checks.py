@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import os
 import re
 import shlex
 import string
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from sidecar.config.model import RoleConfig, TokenSourceConfig
 from sidecar.config.settings import (
@@ -26,6 +30,47 @@ from sidecar.config.settings import (
 )
 from sidecar.secret import Secret
 
+#: A JWT: base64url JSON header ("eyJ" is how '{"' encodes), payload and signature.
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*", re.IGNORECASE)
+_HEX_SECRET = re.compile(r"[0-9a-fA-F]{32,}")
+#: Long runs of base64/hex characters: API keys, secret access keys, session tokens.
+_SECRET_CHARS = re.compile(r"[A-Za-z0-9+/=_.~-]{32,}")
+
+
+def looks_like_token(value: str) -> bool:
+    """True for a JWT or a long random-looking string: a secret, not a name or a path."""
+    text = value.strip()
+    if _JWT.search(text) or _HEX_SECRET.fullmatch(text):
+        return True
+    if not _SECRET_CHARS.fullmatch(text):
+        return False
+    if not all(re.search(chars, text) for chars in ("[a-z]", "[A-Z]", "[0-9]")):
+        return False
+    counts = Counter(text).values()
+    entropy = -sum(n / len(text) * math.log2(n / len(text)) for n in counts)
+    return entropy >= 4.0  # random base64 is ~5 bits a character; words and paths less
+
+
+def shown(value: object) -> str:
+    """``value`` as a configuration error may echo it: quoted, and never if it looks secret.
+
+    CI logs keep error messages, so a token pasted into the wrong setting must not be
+    printed back. Every configuration error that echoes a value goes through here.
+    """
+    text = str(value)
+    if looks_like_token(text):
+        return "<a value that looks like a token, not shown>"
+    return repr(text if len(text) <= 200 else text[:200] + "...")
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
 
 class Checker:
     """Collects problems instead of raising at the first, so all are reported together."""
@@ -40,7 +85,7 @@ class Checker:
     def role_arn(self, value: str, where: str) -> str:
         if not ROLE_ARN.match(value):
             self.add(
-                f"{where}={value!r} is not an IAM role ARN: "
+                f"{where}={shown(value)} is not an IAM role ARN: "
                 "expected arn:aws:iam::<12-digit account>:role/<name>"
             )
         return value
@@ -50,10 +95,10 @@ class Checker:
         try:
             result = parse_seconds(text)
         except ValueError:
-            self.add(f"{where}={text!r} is not a duration: use seconds or 500ms/90s/15m/1h")
+            self.add(f"{where}={shown(text)} is not a duration: use seconds or 500ms/90s/15m/1h")
             return low
         if not low <= result <= high:
-            self.add(f"{where}={text!r} must be between {low:g}s and {high:g}s")
+            self.add(f"{where}={shown(text)} must be between {low:g}s and {high:g}s")
         return result
 
     def duration(self, value: str | int, where: str, chained: bool) -> int:
@@ -61,17 +106,17 @@ class Checker:
         try:
             seconds = int(parse_seconds(text))
         except ValueError:
-            self.add(f"{where}={text!r} is not a duration: use 3600 or 1h")
+            self.add(f"{where}={shown(text)} is not a duration: use 3600 or 1h")
             return 3600
         if not MIN_DURATION <= seconds <= MAX_DURATION:
             self.add(
-                f"{where}={text!r} is outside STS's limits: "
+                f"{where}={shown(text)} is outside STS's limits: "
                 f"use {MIN_DURATION}..{MAX_DURATION} seconds (15m..12h)"
             )
             return 3600
         if chained and seconds > CHAINED_MAX_DURATION:
             self.notes.append(
-                f"{where}={text!r}: STS caps chained AssumeRole sessions at 1 h; using 3600 s"
+                f"{where}={shown(text)}: STS caps chained AssumeRole sessions at 1 h; using 3600 s"
             )
             return CHAINED_MAX_DURATION
         return seconds
@@ -81,16 +126,16 @@ class Checker:
             try:
                 fields = [f for _, f, _, _ in string.Formatter().parse(value) if f]
             except ValueError as exc:
-                self.add(f"{where}={value!r} is not a valid template ({exc}): use {{claim}}")
+                self.add(f"{where}={shown(value)} is not a valid template ({exc}): use {{claim}}")
                 return value
             if any(not re.fullmatch(r"[\w-]+", f) for f in fields):
                 self.add(
-                    f"{where}={value!r}: template fields must be plain claim names "
+                    f"{where}={shown(value)}: template fields must be plain claim names "
                     "like {sub} or {repository}"
                 )
         elif not SESSION_NAME.match(value):
             self.add(
-                f"{where}={value!r} is not a valid RoleSessionName: "
+                f"{where}={shown(value)} is not a valid RoleSessionName: "
                 "use 2-64 characters of letters, digits and _+=,.@-"
             )
         return value
@@ -98,7 +143,7 @@ class Checker:
     def accounts(self, values: tuple[str, ...], where: str) -> tuple[str, ...]:
         for account in values:
             if not ACCOUNT_ID.match(account):
-                self.add(f"{where}: {account!r} is not a 12-digit AWS account id")
+                self.add(f"{where}: {shown(account)} is not a 12-digit AWS account id")
         return values
 
     def token_source(self, raw: Raw, environ: Mapping[str, str]) -> TokenSourceConfig:
@@ -129,7 +174,9 @@ class Checker:
             )
             return TokenSourceConfig("file")
         if kind not in TOKEN_SOURCES:
-            self.add(f"{raw['token_source'][1]}={kind!r} must be one of {', '.join(TOKEN_SOURCES)}")
+            self.add(
+                f"{raw['token_source'][1]}={shown(kind)} must be one of {', '.join(TOKEN_SOURCES)}"
+            )
             return TokenSourceConfig("file")
         timeout = self.seconds(
             raw["token_command_timeout"][0] or "10s", raw["token_command_timeout"][1], 0.1, 600
@@ -139,17 +186,29 @@ class Checker:
                 self.add("--token-source file needs --token-file (or AWS_WEB_IDENTITY_TOKEN_FILE)")
                 return TokenSourceConfig("file")
             path = Path(path_text)
-            if not path.is_file() or not os.access(path, os.R_OK):
+            if looks_like_token(path_text):
+                self.add(
+                    f"{raw['token_file'][1]}: this looks like a token, not a variable name or "
+                    "a path (it is not shown): put the token in a file and give the file's "
+                    "path, or give the name of the variable holding it with --token-env"
+                )
+            elif not path.is_file() or not os.access(path, os.R_OK):
                 reason = "does not exist" if not path.exists() else "is not a readable file"
                 self.add(
-                    f"{raw['token_file'][1]}={path_text!r} {reason}: point it at the "
+                    f"{raw['token_file'][1]}={shown(path_text)} {reason}: point it at the "
                     "mounted OIDC token (e.g. /var/run/secrets/eks.amazonaws.com/"
                     "serviceaccount/token)"
                 )
             return TokenSourceConfig("file", audience, path=path)
         if kind == "env":
-            if not env_var or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", env_var):
-                self.add(f"--token-source env needs --token-env NAME (got {env_var!r})")
+            if env_var and looks_like_token(env_var):
+                self.add(
+                    f"{raw['token_env'][1]}: this looks like a token, not a variable name or "
+                    "a path (it is not shown): give the name of the variable that holds the "
+                    "token, e.g. --token-env CI_JOB_JWT_V2"
+                )
+            elif not env_var or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", env_var):
+                self.add(f"--token-source env needs --token-env NAME (got {shown(env_var)})")
             elif not environ.get(env_var):
                 self.add(f"environment variable {env_var} (--token-env) is not set or empty")
             return TokenSourceConfig("env", audience, env_var=env_var)
@@ -157,7 +216,7 @@ class Checker:
             try:
                 argv = tuple(shlex.split(command_text or ""))
             except ValueError as exc:
-                self.add(f"{raw['token_command'][1]}={command_text!r} cannot be split: {exc}")
+                self.add(f"{raw['token_command'][1]}={shown(command_text)} cannot be split: {exc}")
                 argv = ()
             if not argv:
                 self.add("--token-source command needs --token-command 'PROGRAM ARGS...'")
@@ -170,11 +229,28 @@ class Checker:
                 "ACTIONS_ID_TOKEN_REQUEST_TOKEN: give the job `permissions: id-token: "
                 "write`"
             )
-        elif not url.startswith(("https://", "http://")):
-            self.add(f"ACTIONS_ID_TOKEN_REQUEST_URL={url!r} is not a URL")
+        else:
+            self.github_url(url)
         return TokenSourceConfig(
             "github", audience, github_url=url, github_token=Secret(request_token)
         )
+
+    def github_url(self, url: str) -> None:
+        """https:// only (the request token is a bearer secret), except on loopback."""
+        where = "ACTIONS_ID_TOKEN_REQUEST_URL"
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname or ""
+        except ValueError:
+            parts, host = None, ""
+        if parts is None or parts.scheme not in ("https", "http") or not host:
+            self.add(f"{where}={shown(url)} is not a URL: expected https://host/path")
+        elif parts.scheme == "http" and not _is_loopback(host):
+            self.add(
+                f"{where}={shown(url)} is plain http:// to {host}: the bearer request token "
+                "would cross the network in clear. Use https:// (http:// is only accepted "
+                "for loopback hosts: 127.0.0.0/8, ::1, localhost)"
+            )
 
 
 def check_accounts_of(role: RoleConfig, check: Checker) -> None:

@@ -39,7 +39,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from sidecar.config.checks import Checker, check_accounts_of
+from sidecar.config.checks import Checker, check_accounts_of, shown
 from sidecar.config.model import HopConfig, RoleConfig
 from sidecar.config.settings import (
     POLICY_ARN,
@@ -108,7 +108,7 @@ def _text(value: Any) -> str:
 
 def _unknown(table: Mapping[str, Any], known: set[str], where: str, check: Checker) -> None:
     for key in sorted(set(table) - known):
-        check.add(f"unknown key {key!r} in {where}; known keys: {', '.join(sorted(known))}")
+        check.add(f"unknown key {shown(key)} in {where}; known keys: {', '.join(sorted(known))}")
 
 
 def _token_values(table: Any, where: str, check: Checker) -> dict[str, str]:
@@ -169,7 +169,7 @@ def _hop(table: Any, where: str, first: bool, check: Checker) -> HopConfig:
     policy_arns = _strings(table.get("policy_arns", []), f"{where}.policy_arns", check)
     for arn in policy_arns:
         if not POLICY_ARN.match(arn):
-            check.add(f"{where}.policy_arns: {arn!r} is not an IAM policy ARN")
+            check.add(f"{where}.policy_arns: {shown(arn)} is not an IAM policy ARN")
     tags = table.get("tags", {})
     if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
         check.add(f'{where}.tags must be a table of strings, like {{ team = "build" }}')
@@ -260,6 +260,7 @@ def roles(
         )
     elif default not in tables:
         check.add(
-            f"default_role = {default!r} is not one of the roles ({', '.join(names) or 'none'})"
+            f"default_role = {shown(default)} is not one of the roles "
+            f"({', '.join(names) or 'none'})"
         )
     return tuple(found), default

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.config import file as config_file
-from sidecar.config.checks import Checker, check_accounts_of
+from sidecar.config.checks import Checker, check_accounts_of, shown
 from sidecar.config.model import (
     Config,
     HopConfig,
@@ -101,22 +101,25 @@ def load_config(
 
     region = value("region")
     if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d{1,2}", region):
-        check.add(f"{raw['region'][1]}={region!r} is not an AWS region like us-east-1")
+        check.add(f"{raw['region'][1]}={shown(region)} is not an AWS region like us-east-1")
     endpoint = raw["sts_endpoint"][0]
     if endpoint and not re.match(r"^https?://[^/\s]+", endpoint):
         check.add(
-            f"{raw['sts_endpoint'][1]}={endpoint!r} is not a URL: expected https://host[:port]"
+            f"{raw['sts_endpoint'][1]}={shown(endpoint)} is not a URL: expected https://host[:port]"
         )
     regional = value("sts_regional_endpoints").lower()
     if regional not in REGIONAL_ENDPOINTS:
-        check.add(f"{raw['sts_regional_endpoints'][1]}={regional!r} must be regional or legacy")
+        check.add(
+            f"{raw['sts_regional_endpoints'][1]}={shown(value('sts_regional_endpoints'))} "
+            "must be regional or legacy"
+        )
 
     host, port = "127.0.0.1", 0
     try:
         host, port = parse_listen(value("listen"))
     except ValueError as exc:
         check.add(
-            f"{raw['listen'][1]}={value('listen')!r} is not a listen address ({exc}): "
+            f"{raw['listen'][1]}={shown(value('listen'))} is not a listen address ({exc}): "
             "use 127.0.0.1:9911, [::1]:9911 or 169.254.170.23:80"
         )
 
@@ -127,17 +130,20 @@ def load_config(
 
     log_format = value("log_format").lower()
     if log_format not in LOG_FORMATS:
-        check.add(f"{raw['log_format'][1]}={log_format!r} must be text or json")
+        check.add(f"{raw['log_format'][1]}={shown(value('log_format'))} must be text or json")
     log_level = value("log_level").lower()
     if log_level not in LOG_LEVELS:
-        check.add(f"{raw['log_level'][1]}={log_level!r} must be one of {', '.join(LOG_LEVELS)}")
+        check.add(
+            f"{raw['log_level'][1]}={shown(value('log_level'))} must be one of "
+            f"{', '.join(LOG_LEVELS)}"
+        )
 
     ratio = -1.0
     with contextlib.suppress(ValueError):
         ratio = float(value("refresh_ahead_ratio"))
     if not 0.05 <= ratio <= 0.75:
         check.add(
-            f"{raw['refresh_ahead_ratio'][1]}={value('refresh_ahead_ratio')!r} must be "
+            f"{raw['refresh_ahead_ratio'][1]}={shown(value('refresh_ahead_ratio'))} must be "
             "a number from 0.05 to 0.75"
         )
 
@@ -199,14 +205,14 @@ def load_config(
             imds_host, imds_port = parse_listen(raw["imds_listen"][0])
         except ValueError as exc:
             check.add(
-                f"{raw['imds_listen'][1]}={raw['imds_listen'][0]!r} is not a listen "
+                f"{raw['imds_listen'][1]}={shown(raw['imds_listen'][0])} is not a listen "
                 f"address ({exc}): use 127.0.0.1:8077 or 169.254.170.23:80"
             )
         if imds_role is None:
             check.add("--imds-listen needs --imds-role NAME: there is no default role")
         elif imds_role not in {r.name for r in roles}:
             check.add(
-                f"{raw['imds_role'][1]}={imds_role!r} is not one of the roles "
+                f"{raw['imds_role'][1]}={shown(imds_role)} is not one of the roles "
                 f"({', '.join(r.name for r in roles)})"
             )
 
