@@ -40,8 +40,7 @@ from sidecar.ratelimit import FailureLimiter
 from sidecar.refresher import Refresher
 from sidecar.server import CREDENTIALS_PATH, LogThrottle, RoleEndpoint, create_app
 from sidecar.sts import StsClient
-from sidecar.token_watch import watch_for
-from sidecar.tokens import HTTP_FETCH_TIMEOUT, build_token_source
+from sidecar.tokens import HTTP_FETCH_TIMEOUT, build_token_source, watch_for
 
 log = logging.getLogger(__name__)
 

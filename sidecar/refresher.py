@@ -41,7 +41,7 @@ from sidecar.diagnosis import is_throttling, quick_retry_limit, short_lifetime, 
 from sidecar.errors import Disposition, SidecarError, StsError
 from sidecar.metrics import Metrics, RoleStatus
 from sidecar.sts import Exchanger
-from sidecar.token_watch import TokenWatch
+from sidecar.tokens import TokenWatch
 
 log = logging.getLogger(__name__)
 

@@ -21,11 +21,12 @@ we claim to be (never the token).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,7 +41,13 @@ from sidecar.clock import Clock
 from sidecar.config import TokenSourceConfig
 from sidecar.credentials import format_expiration
 from sidecar.errors import Disposition, TokenError, TokenExpiredError
-from sidecar.safe_read import MAX_INPUT_BYTES, OffLoopReader, read_small_file, size_text
+from sidecar.safe_read import (
+    MAX_INPUT_BYTES,
+    FileIdentity,
+    OffLoopReader,
+    read_small_file,
+    size_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +96,23 @@ class TokenSource(Protocol):
     async def fetch(self) -> WebIdentityToken:
         """A token for one exchange attempt; raises ``TokenError`` with the cause."""
         ...
+
+
+class TokenWatch(Protocol):
+    """A source that can tell cheaply, without fetching, that its token (probably) changed."""
+
+    async def fingerprint(self) -> Hashable:
+        """A value that changes when the token changes; raises ``TokenError`` if stuck."""
+        ...
+
+
+def watch_for(source: TokenSource) -> TokenWatch | None:
+    """How to notice a new token in ``source``; None where looking is not cheap.
+
+    Only files: an environment variable never changes, and a command or the GitHub token
+    endpoint would have to be run or called to know.
+    """
+    return source if isinstance(source, FileTokenSource) else None
 
 
 def inspect_token(
@@ -221,9 +245,35 @@ class FileTokenSource:
         self._clock = clock
         self._audience = audience
         self._reader = OffLoopReader(f"token file {path}")
+        # Looks run while fetches may too: each has its own reader, so neither sees the
+        # other's read as a stuck one.
+        self._watch_reader = OffLoopReader(f"token file {path} (watch)")
 
     def __repr__(self) -> str:
         return f"FileTokenSource({str(self.path)!r})"
+
+    async def fingerprint(self) -> Hashable:
+        """The file's identity and a digest of its content, or why it cannot be read (with
+        its identity where it has one): read like ``fetch`` reads, bounded and off the loop.
+        """
+        origin = f"token file {self.path}"
+
+        def fail(problem: str) -> TokenError:
+            return TokenError(f"{origin} {problem}")
+
+        def look() -> Hashable:
+            try:
+                raw, identity = read_small_file(self.path, fail, MAX_TOKEN_BYTES)
+            except FileNotFoundError:
+                return ("missing",)
+            except TokenError as exc:
+                try:
+                    return ("unusable", str(exc), FileIdentity.of(os.stat(self.path)))
+                except OSError:
+                    return ("unusable", str(exc))
+            return (identity, hashlib.sha256(raw).digest())
+
+        return await self._watch_reader.run(look, fail)
 
     async def fetch(self) -> WebIdentityToken:
         origin = f"token file {self.path}"

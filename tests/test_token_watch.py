@@ -6,18 +6,21 @@ import os
 from pathlib import Path
 
 from sidecar.clock import SystemClock
-from sidecar.token_watch import MAX_WATCH_BYTES, FileTokenWatch, watch_for
-from sidecar.tokens import EnvTokenSource, FileTokenSource
+from sidecar.tokens import MAX_TOKEN_BYTES, EnvTokenSource, FileTokenSource, watch_for
 
 
-async def test_same_size_and_mtime_but_new_content_is_a_change(tmp_path: Path) -> None:
+def source(path: Path) -> FileTokenSource:
+    return FileTokenSource(path, SystemClock())
+
+
+async def test_rewritten_content_changes_the_fingerprint(tmp_path: Path) -> None:
     """A token rewritten in place with the same size and mtime still changes the fingerprint."""
     path = tmp_path / "token"
-    path.write_text("a" * 100)
+    path.write_text("aaaa")
     stat = path.stat()
-    watch = FileTokenWatch(path)
+    watch = source(path)
     before = await watch.fingerprint()
-    path.write_text("b" * 100)
+    path.write_text("bbbb")
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert await watch.fingerprint() != before
 
@@ -25,15 +28,15 @@ async def test_same_size_and_mtime_but_new_content_is_a_change(tmp_path: Path) -
 async def test_unchanged_file_keeps_its_fingerprint(tmp_path: Path) -> None:
     """Looking twice at an untouched file gives the same fingerprint."""
     path = tmp_path / "token"
-    path.write_text("token")
-    watch = FileTokenWatch(path)
+    path.write_text("aaaa")
+    watch = source(path)
     assert await watch.fingerprint() == await watch.fingerprint()
 
 
 async def test_replaced_and_created_files_are_changes(tmp_path: Path) -> None:
     """A missing file, then created, then swapped by rename (kubelet style): each a change."""
     path = tmp_path / "token"
-    watch = FileTokenWatch(path)
+    watch = source(path)
     missing = await watch.fingerprint()
     path.write_text("one")
     created = await watch.fingerprint()
@@ -47,24 +50,25 @@ async def test_a_fifo_is_never_read(tmp_path: Path) -> None:
     """A FIFO as the token file gives a fingerprint at once (it is not read, so no block)."""
     path = tmp_path / "token"
     os.mkfifo(path)
-    fingerprint = await FileTokenWatch(path).fingerprint()
-    assert isinstance(fingerprint, tuple) and fingerprint[0] == "not a regular file"
+    fingerprint = await source(path).fingerprint()
+    assert isinstance(fingerprint, tuple) and fingerprint[0] == "unusable"
+    assert "FIFO" in str(fingerprint[1])
 
 
-async def test_only_the_first_64_kib_are_read(tmp_path: Path) -> None:
-    """Content beyond MAX_WATCH_BYTES is not digested (size and mtime still change)."""
+async def test_an_oversized_file_is_not_read_but_still_watched(tmp_path: Path) -> None:
+    """A file over the token cap is not digested, yet growing it is still a change."""
     path = tmp_path / "token"
-    path.write_bytes(b"a" * MAX_WATCH_BYTES + b"x")
-    stat = path.stat()
-    watch = FileTokenWatch(path)
+    path.write_bytes(b"a" * (MAX_TOKEN_BYTES + 1))
+    watch = source(path)
     before = await watch.fingerprint()
-    path.write_bytes(b"a" * MAX_WATCH_BYTES + b"y")
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert await watch.fingerprint() == before
+    assert isinstance(before, tuple) and before[0] == "unusable"
+    path.write_bytes(b"a" * (MAX_TOKEN_BYTES + 2))
+    assert await watch.fingerprint() != before
 
 
 def test_only_files_are_watched(tmp_path: Path) -> None:
     """Files are watched; an environment variable, which cannot change, is not."""
     clock = SystemClock()
-    assert isinstance(watch_for(FileTokenSource(tmp_path / "t", clock)), FileTokenWatch)
+    file_source = FileTokenSource(tmp_path / "t", clock)
+    assert watch_for(file_source) is file_source
     assert watch_for(EnvTokenSource("X", {}, clock)) is None
