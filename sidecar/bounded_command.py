@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sidecar.fdlimit import restore_for_child
+
 _CHUNK = 16384
 
 
@@ -111,6 +113,7 @@ async def run_bounded(
         # started) is gone.
         os.close(out_w)
         os.close(err_w)
+    restore_for_child(proc.pid)
     out = _PipeReader(out_r, stdout_limit, keep_tail=False)
     err = _PipeReader(err_r, stderr_kept, keep_tail=True)
     exited: asyncio.Future[int] = asyncio.ensure_future(proc.wait())

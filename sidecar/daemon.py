@@ -27,13 +27,13 @@ from sidecar.clock import Clock, SystemClock
 from sidecar.config import Config, config_warnings
 from sidecar.config.model import ListenerLimits
 from sidecar.errors import ListenError
+from sidecar.fdlimit import raise_open_file_limit
 from sidecar.imds import create_imds_app
 from sidecar.listener import (
     AcceptErrorThrottle,
     GuardedSite,
     ListenerGuard,
     fit_to_fd_limit,
-    raise_open_file_limit,
 )
 from sidecar.metrics import Metrics
 from sidecar.ratelimit import FailureLimiter

@@ -28,6 +28,7 @@ from sidecar.aws_files import profile_settings, write_child_files
 from sidecar.config import Config
 from sidecar.config.settings import CI_TOKEN_VARIABLES
 from sidecar.daemon import Running
+from sidecar.fdlimit import restore_for_child
 from sidecar.refresher import Refresher
 from sidecar.secret import Secret
 
@@ -257,6 +258,7 @@ class ExecSignals:
                 "cannot run %s: %s", argv[0], exc.strerror or exc, extra={"event": "exec_failed"}
             )
             return 127
+        restore_for_child(proc.pid)
         self._child = proc
         if self.received is not None:  # arrived while the child was being started
             with contextlib.suppress(ProcessLookupError):

@@ -287,23 +287,6 @@ class GuardedSite(web.BaseSite):
         )
 
 
-def raise_open_file_limit() -> tuple[int, int]:
-    """Lift the soft RLIMIT_NOFILE to the hard one; (before, after)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    unlimited = resource.RLIM_INFINITY
-    # An unlimited hard limit still has a kernel ceiling (nr_open); macOS caps at OPEN_MAX.
-    targets = ([] if hard == unlimited else [hard]) + [1 << 20, 10240]
-    for target in targets:
-        if soft == unlimited or target <= soft or (hard != unlimited and target > hard):
-            continue
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError):
-            continue
-        return soft, target
-    return soft, soft
-
-
 def fit_to_fd_limit(limits: ListenerLimits, listeners: int, fd_limit: int) -> ListenerLimits:
     """Lower the per-listener cap so all listeners together cannot run out of descriptors.
 

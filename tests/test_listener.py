@@ -18,17 +18,18 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from sidecar import fdlimit
 from sidecar.config import load_config
 from sidecar.config.model import ListenerLimits
 from sidecar.daemon import _listen
 from sidecar.errors import ConfigError
+from sidecar.fdlimit import raise_open_file_limit
 from sidecar.listener import (
     ACCEPT_ERROR,
     AcceptErrorThrottle,
     ConnectionCounter,
     ListenerGuard,
     fit_to_fd_limit,
-    raise_open_file_limit,
 )
 from sidecar.logs import JsonFormatter, TextFormatter
 from tests.fakes import FakeClock
@@ -340,6 +341,7 @@ def test_soft_open_file_limit_is_raised_to_the_hard_limit() -> None:
         assert after == hard or hard == resource.RLIM_INFINITY
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        fdlimit.forget()
 
 
 def test_caps_are_fitted_into_the_descriptor_limit() -> None:

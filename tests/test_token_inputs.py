@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import subprocess
 import sys
 import threading
@@ -16,9 +17,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from sidecar import fdlimit
+from sidecar.bounded_command import run_bounded
 from sidecar.clock import SystemClock
 from sidecar.devmode.issuer import OidcIssuer
 from sidecar.errors import TokenError
+from sidecar.fdlimit import raise_open_file_limit
 from sidecar.safe_read import OffLoopReader, read_small_file
 from sidecar.tokens import CommandTokenSource, EnvTokenSource, FileTokenSource, GithubTokenSource
 
@@ -241,3 +245,25 @@ async def test_oversized_github_response_is_refused(
     source = GithubTokenSource(url, REQUEST_TOKEN, "sts.amazonaws.com", SystemClock(), session)
     with pytest.raises(TokenError, match="more than 64 KiB"):
         await source.fetch()
+
+
+async def test_token_command_gets_back_the_open_file_limit() -> None:
+    """A token command does not inherit the daemon's raised soft open-file limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    started_with = min(512, soft)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (started_with, hard))
+    try:
+        _, raised = raise_open_file_limit()
+        assert raised > started_with
+        # The command looks after a moment: its limit is given back right after it starts.
+        result = await run_bounded(
+            ["sh", "-c", "sleep 0.3; ulimit -Sn"],
+            10,
+            TokenError,
+            stdout_limit=1024,
+            stderr_kept=1024,
+        )
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        fdlimit.forget()
+    assert result.stdout.strip() == str(started_with).encode()

@@ -304,3 +304,22 @@ def test_exec_with_a_config_file_that_disables_auth(
     assert "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE" not in child
     assert "AWS_CONTAINER_AUTHORIZATION_TOKEN" not in child
     assert child["AWS_CONTAINER_CREDENTIALS_FULL_URI"].startswith("http://127.0.0.1:")
+
+
+def test_child_gets_back_the_open_file_limit_exec_started_with() -> None:
+    """The daemon raises its own soft open-file limit; the command gets the one exec had."""
+    # The child looks after a moment: its limit is given back right after it starts.
+    child = (
+        "import resource, time; time.sleep(0.5); "
+        "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
+    )
+    lowered = ["sh", "-c", 'ulimit -Sn 512 && exec "$@"', "sh"]
+    result = subprocess.run(
+        [*lowered, *EXEC, "--dev", "--", sys.executable, "-c", child],
+        env=clean_aws_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "512"
