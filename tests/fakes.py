@@ -1,4 +1,5 @@
-"""Fakes for timing logic: a clock tests advance by hand, and a scripted STS exchanger."""
+"""Fakes for timing logic: a clock tests advance by hand, a scripted STS exchanger, and a
+role refreshed by them."""
 
 from __future__ import annotations
 
@@ -6,10 +7,17 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import random
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from prometheus_client import CollectorRegistry
+
+from sidecar.config import RefreshPolicy
 from sidecar.credentials import Credentials
+from sidecar.metrics import Metrics
+from sidecar.refresher import Refresher
 
 START_WALL = datetime(2026, 11, 21, 12, 0, 0, tzinfo=UTC)
 
@@ -139,3 +147,22 @@ class FakeExchanger:
         if isinstance(step, BaseException):
             raise step
         return make_credentials(self.clock.true_now() + timedelta(seconds=step), self.calls)
+
+
+@dataclass
+class FakeRole:
+    """A role's refresher driven by a fake clock and a scripted exchanger (not started)."""
+
+    refresher: Refresher
+    exchanger: FakeExchanger
+    clock: FakeClock
+    metrics: Metrics
+
+
+def fake_role(script: Iterable[float | BaseException] = (3600,), name: str = "default") -> FakeRole:
+    """A one-hour role on a fresh fake clock and metrics registry, seeded jitter."""
+    clock = FakeClock()
+    metrics = Metrics(CollectorRegistry())
+    exchanger = FakeExchanger(clock, script)
+    refresher = Refresher(name, exchanger, 3600, RefreshPolicy(), clock, metrics, random.Random(1))
+    return FakeRole(refresher, exchanger, clock, metrics)

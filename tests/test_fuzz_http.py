@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import socket
 import threading
 import time
@@ -22,19 +21,15 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
 
 from sidecar.auth import AuthToken
-from sidecar.config import RefreshPolicy
 from sidecar.config.model import ListenerLimits
 from sidecar.daemon import _listen
 from sidecar.imds import create_imds_app
 from sidecar.listener import ListenerGuard
 from sidecar.logs import JsonFormatter, TextFormatter
-from sidecar.metrics import Metrics
-from sidecar.refresher import Refresher
 from sidecar.server import RoleEndpoint, create_app
-from tests.fakes import FakeClock, FakeExchanger, settle
+from tests.fakes import fake_role, settle
 
 AUTH_TOKEN = "fuzz-auth-token-7f3a9c0d5e2b4a61"
 #: Put into header values: must never come back in a log line.
@@ -108,12 +103,8 @@ class Listeners:
 
     async def _main(self) -> None:
         self._stop = asyncio.Event()
-        clock = FakeClock()
-        metrics = Metrics(CollectorRegistry())
-        exchanger = FakeExchanger(clock, [3600])
-        refresher = Refresher(
-            "default", exchanger, 3600, RefreshPolicy(), clock, metrics, random.Random(1)
-        )
+        role = fake_role()
+        refresher, metrics = role.refresher, role.metrics
         task = asyncio.create_task(refresher.run())
         await settle()
         assert refresher.status().ready

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 from collections.abc import AsyncIterator
 
 import pytest
@@ -12,13 +11,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
 
-from sidecar.config import RefreshPolicy
 from sidecar.imds import SessionTokens, create_imds_app
-from sidecar.metrics import Metrics
 from sidecar.refresher import Refresher
-from tests.fakes import FakeClock, FakeExchanger, settle
+from tests.fakes import FakeClock, fake_role, settle
 
 ROLE = "arn:aws:iam::123456789012:role/path/build-role"
 TTL = {"X-aws-ec2-metadata-token-ttl-seconds": "21600"}
@@ -27,17 +23,8 @@ Client = TestClient[web.Request, web.Application]
 
 @pytest.fixture
 async def imds() -> AsyncIterator[tuple[Client, Refresher]]:
-    clock = FakeClock()
-    metrics = Metrics(CollectorRegistry())
-    refresher = Refresher(
-        "build",
-        FakeExchanger(clock, [3600]),
-        3600,
-        RefreshPolicy(),
-        clock,
-        metrics,
-        random.Random(1),
-    )
+    role = fake_role(name="build")
+    refresher, metrics = role.refresher, role.metrics
     task = asyncio.create_task(refresher.run())
     await settle()
     client = TestClient(

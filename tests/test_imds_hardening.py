@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from prometheus_client import CollectorRegistry
 
-from sidecar.config import RefreshPolicy, config_warnings, load_config
+from sidecar.config import config_warnings, load_config
 from sidecar.config.settings import is_local_address
 from sidecar.errors import ConfigError
 from sidecar.imds import create_imds_app
@@ -20,7 +18,7 @@ from sidecar.metrics import Metrics
 from sidecar.rebinding import host_allowed
 from sidecar.refresher import Refresher
 from sidecar.server import RoleEndpoint, create_app
-from tests.fakes import FakeClock, FakeExchanger, settle
+from tests.fakes import fake_role, settle
 
 ROLE = "arn:aws:iam::123456789012:role/build"
 TTL = {"X-aws-ec2-metadata-token-ttl-seconds": "60"}
@@ -29,20 +27,10 @@ OVERRIDE = "insecure_allow_unauthenticated_network_listener"
 
 
 async def _refresher() -> tuple[Refresher, Metrics, asyncio.Task[None]]:
-    clock = FakeClock()
-    metrics = Metrics(CollectorRegistry())
-    refresher = Refresher(
-        "build",
-        FakeExchanger(clock, [3600]),
-        3600,
-        RefreshPolicy(),
-        clock,
-        metrics,
-        random.Random(1),
-    )
-    task = asyncio.create_task(refresher.run())
+    role = fake_role(name="build")
+    task = asyncio.create_task(role.refresher.run())
     await settle()
-    return refresher, metrics, task
+    return role.refresher, role.metrics, task
 
 
 @pytest.fixture

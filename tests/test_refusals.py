@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,16 +12,12 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from prometheus_client import CollectorRegistry
 
 from sidecar.auth import AuthToken
-from sidecar.config import RefreshPolicy
 from sidecar.config.model import ServerConfig
-from sidecar.metrics import Metrics
 from sidecar.ratelimit import FailureLimiter
-from sidecar.refresher import Refresher
 from sidecar.server import LogThrottle, RoleEndpoint, create_app, log_refusal
-from tests.fakes import FakeClock, FakeExchanger, settle
+from tests.fakes import FakeClock, FakeExchanger, fake_role, settle
 
 TOKEN = "t0ken-for-tests-0123456789abcdef"
 DEFAULTS = ServerConfig("127.0.0.1", 0, None, False)
@@ -124,12 +119,8 @@ class Served:
 async def serve(
     tmp_path: Path, limiter_rate: float = 1, burst: int = 3, cold_start_wait: float = 0.2
 ) -> Served:
-    clock = FakeClock()
-    metrics = Metrics(CollectorRegistry())
-    exchanger = FakeExchanger(clock, [3600])
-    refresher = Refresher(
-        "default", exchanger, 3600, RefreshPolicy(), clock, metrics, random.Random(1)
-    )
+    role = fake_role()
+    clock, metrics, refresher, exchanger = role.clock, role.metrics, role.refresher, role.exchanger
     (tmp_path / "auth").write_text(TOKEN)
     endpoint = RoleEndpoint(refresher, AuthToken.from_file(tmp_path / "auth"))
     app = create_app(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,15 +11,12 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from prometheus_client import CollectorRegistry
 
 from sidecar.auth import AuthToken
-from sidecar.config import RefreshPolicy
 from sidecar.errors import Disposition, StsError
-from sidecar.metrics import Metrics
 from sidecar.refresher import Refresher
 from sidecar.server import LogThrottle, RoleEndpoint, create_app
-from tests.fakes import FakeClock, FakeExchanger, settle
+from tests.fakes import FakeClock, FakeExchanger, fake_role, settle
 
 TOKEN = "t0ken-for-tests-0123456789abcdef"
 
@@ -40,12 +36,8 @@ async def harness(
     cold_start_wait: float = 0.2,
     auth: bool = True,
 ) -> Harness:
-    clock = FakeClock()
-    exchanger = FakeExchanger(clock, script)
-    metrics = Metrics(CollectorRegistry())
-    refresher = Refresher(
-        "default", exchanger, 3600, RefreshPolicy(), clock, metrics, random.Random(1)
-    )
+    role = fake_role(script)
+    clock, metrics, refresher, exchanger = role.clock, role.metrics, role.refresher, role.exchanger
     token_path = tmp_path / "auth"
     token_path.write_text(TOKEN)
     endpoint = RoleEndpoint(refresher, AuthToken.from_file(token_path) if auth else None)
