@@ -19,18 +19,14 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from harness import REPO, dev_lines, free_port, process
 
 REFERENCE = """
 import sys
@@ -52,14 +48,6 @@ class Result:
     non_2xx: int
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def wait_http(url: str, token: str | None, timeout: float = 20) -> bytes:
     deadline = time.monotonic() + timeout
     while True:
@@ -75,24 +63,6 @@ def wait_http(url: str, token: str | None, timeout: float = 20) -> bytes:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{url} did not answer 200")
         time.sleep(0.1)
-
-
-@contextmanager
-def process(argv: list[str]) -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen(
-        argv, cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-    )
-    try:
-        yield proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
 
 
 def wrk(url: str, token: str | None, seconds: int, connections: int) -> Result:
@@ -137,14 +107,7 @@ def main() -> None:
         "error",
     ]
     with process(daemon_argv) as daemon:
-        assert daemon.stdout is not None
-        env_lines = [daemon.stdout.readline() for _ in range(6)]
-        token_file = next(
-            line.split("=", 1)[1].strip()
-            for line in env_lines
-            if "AUTHORIZATION_TOKEN_FILE" in line
-        )
-        token = Path(token_file).read_text()
+        token = dev_lines(daemon)["token"]
         daemon_url = f"http://127.0.0.1:{port}/v1/credentials"
         body = wait_http(daemon_url, token)
         body_file = REPO / "bench" / ".reference-body.json"

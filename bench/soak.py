@@ -33,7 +33,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,8 +45,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
+from harness import dev_lines, free_port, process
 
-REPO = Path(__file__).resolve().parent.parent
 #: Requests a hostile client may have outstanding; they are bounded like everything else.
 CLIENT_TIMEOUT = 5.0
 
@@ -70,12 +69,6 @@ class Tally:
     def problem(self, text: str) -> None:
         if text in self.problems or len(self.problems) < 50:
             self.problems[text] += 1
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def rss_kib(pid: int) -> int:
@@ -469,7 +462,7 @@ def report(
     return 0
 
 
-def start_daemon(args: argparse.Namespace) -> tuple[subprocess.Popen[str], dict[str, str]]:
+def daemon_argv(args: argparse.Namespace) -> list[str]:
     argv = [
         sys.executable,
         "-m",
@@ -491,25 +484,7 @@ def start_daemon(args: argparse.Namespace) -> tuple[subprocess.Popen[str], dict[
         "--slow-retry",
         "10s",
     ]
-    log = open(args.log, "w")  # noqa: SIM115 - the daemon writes it for its whole life
-    daemon = subprocess.Popen(
-        argv, cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=log, env=soak_env()
-    )
-    log.close()
-    assert daemon.stdout is not None
-    lines: dict[str, str] = {}
-    deadline = time.monotonic() + 30
-    while "AWS_ENDPOINT_URL_STS" not in lines:
-        line = daemon.stdout.readline()
-        if not line or time.monotonic() > deadline:
-            daemon.kill()
-            sys.exit(f"the daemon did not start; see {args.log}")
-        if line.startswith("export ") and "=" in line:
-            for part in line[len("export ") :].split():
-                name, _, value = part.partition("=")
-                lines[name] = value.strip("'")
-    lines["token"] = Path(lines["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"]).read_text()
-    return daemon, lines
+    return argv
 
 
 def soak_env() -> dict[str, str]:
@@ -530,20 +505,8 @@ def main() -> None:
     args.port, args.imds_port = free_port(), free_port()
     with tempfile.TemporaryDirectory(prefix="credential-sidecar-soak-") as tmp:
         args.log = args.log or str(Path(tmp) / "daemon.log")
-        daemon, lines = start_daemon(args)
-        try:
-            code = asyncio.run(soak(args, daemon, lines))
-        finally:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(15)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
-                print("FAILED: the daemon did not stop within 15 s of SIGTERM")
-                code = 1
-            if daemon.stdout:
-                daemon.stdout.close()
+        with open(args.log, "w") as log, process(daemon_argv(args), log, soak_env()) as daemon:
+            code = asyncio.run(soak(args, daemon, dev_lines(daemon)))
     sys.exit(code)
 
 

@@ -1,0 +1,68 @@
+"""What every benchmark needs: free loopback ports, processes that always stop, and the
+lines ``serve --dev`` prints for its clients."""
+
+from __future__ import annotations
+
+import shlex
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def process(
+    argv: list[str],
+    stderr: int | IO[str] = subprocess.DEVNULL,
+    env: dict[str, str] | None = None,
+) -> Iterator[subprocess.Popen[str]]:
+    """``argv`` with its stdout piped; on exit SIGTERM, then SIGKILL after 15 s.
+
+    Raises ``RuntimeError`` after the kill: a daemon that ignores SIGTERM is a failure.
+    """
+    proc = subprocess.Popen(
+        argv, cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=stderr, env=env
+    )
+    try:
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise RuntimeError(f"{argv[:4]} did not stop within 15 s of SIGTERM") from None
+        finally:
+            if proc.stdout:
+                proc.stdout.close()
+
+
+def dev_lines(proc: subprocess.Popen[str], timeout: float = 30) -> dict[str, str]:
+    """The variables ``serve --dev`` prints (``export NAME=VALUE`` lines), plus ``token``:
+    the auth token, read from the file it names."""
+    assert proc.stdout is not None
+    lines: dict[str, str] = {}
+    deadline = time.monotonic() + timeout
+    while "AWS_ENDPOINT_URL_STS" not in lines:
+        line = proc.stdout.readline()
+        if not line or time.monotonic() > deadline:
+            raise RuntimeError("the daemon did not print its dev-mode lines")
+        words = shlex.split(line) if line.startswith("export ") else []
+        for word in words[1:]:
+            name, _, value = word.partition("=")
+            lines[name] = value
+    lines["token"] = Path(lines["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"]).read_text()
+    return lines
