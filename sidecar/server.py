@@ -37,6 +37,8 @@ LIMITER = web.AppKey("limiter", FailureLimiter)
 #: Refusal log lines per minute over all clients (``--refusal-log-budget``).
 DEFAULT_REFUSAL_LOG_BUDGET = 60
 ROLE: web.RequestKey[str] = web.RequestKey("role", str)
+#: How much of a client's User-Agent an audit line keeps.
+AUDIT_USER_AGENT_CHARS = 200
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -248,7 +250,8 @@ class CredentialsHandler:
                     "event": "served",
                     "role": name,
                     "remote": request.remote,
-                    "user_agent": request.headers.get("User-Agent", ""),
+                    # Opt-in, like the ECS agent's audit log; cut short, never another header.
+                    "user_agent": request.headers.get("User-Agent", "")[:AUDIT_USER_AGENT_CHARS],
                     "access_key_id": mask_key_id(snap.credentials.access_key_id),
                     "expires": format_expiration(snap.credentials.expiration),
                 },

@@ -226,3 +226,23 @@ def test_log_throttle_reports_what_it_dropped() -> None:
     for n in range(5):
         throttle.allow("k", str(n))
     assert len(throttle._seen) <= 3
+
+
+async def test_audit_line_keeps_only_the_start_of_a_user_agent(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The opt-in audit line holds at most 200 characters of the User-Agent, nothing more."""
+    role = fake_role()
+    task = asyncio.create_task(role.refresher.run())
+    await settle()
+    (tmp_path / "auth").write_text(TOKEN)
+    endpoint = RoleEndpoint(role.refresher, AuthToken.from_file(tmp_path / "auth"))
+    app = create_app({"default": endpoint}, "default", role.metrics, 0.2, audit=True)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        headers = {"Authorization": TOKEN, "User-Agent": "aws-sdk/1 " + "x" * 4000}
+        caplog.set_level("INFO", logger="sidecar.server")
+        response = await client.get("/v1/credentials", headers=headers)
+        assert response.status == 200
+    task.cancel()
+    (served,) = [r for r in caplog.records if getattr(r, "event", None) == "served"]
+    assert vars(served)["user_agent"] == ("aws-sdk/1 " + "x" * 4000)[:200]
