@@ -40,7 +40,7 @@ def test_flags_and_variables_exist(path: Path) -> None:
     """No example uses a credential-sidecar flag or SIDECAR_* variable that does not exist."""
     text = path.read_text()
     for command in re.findall(
-        r"credential-sidecar (?:serve|exec|inspect)[^\n]*(?:\n\s+--[^\n]*)*", text
+        r"credential-sidecar['\"]? (?:serve|exec|inspect)[^\n]*(?:\n\s+--[^\n]*)*", text
     ):
         for flag in re.findall(r"(?<![\w-])--[a-z][a-z-]+", command):
             assert flag in FLAGS or flag == "--network", f"{path}: unknown flag {flag}"
