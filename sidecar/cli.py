@@ -129,7 +129,9 @@ def dev_instructions(running: Running, dev: DevEnvironment) -> str:
         # so it is never printed.
         lines += [
             f"export AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE={path}",
-            f'export AWS_CONTAINER_AUTHORIZATION_TOKEN="$(cat {path})"',
+            # Assigned, then exported: `export X="$(cat F)"` would hide a failing cat.
+            f'AWS_CONTAINER_AUTHORIZATION_TOKEN="$(cat {path})"',
+            "export AWS_CONTAINER_AUTHORIZATION_TOKEN",
         ]
     if running.imds_url:
         lines.append(

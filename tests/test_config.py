@@ -245,8 +245,15 @@ def test_short_duration_warns(token_file: Path) -> None:
 
 def test_listen_outside_sdk_allow_list_warns(token_file: Path) -> None:
     """Binding an address SDKs refuse for http is allowed but warned about."""
-    config = load_config({"listen": "0.0.0.0:9911"}, base_env(token_file))
+    config = load_config({"listen": "10.1.2.3:9911"}, base_env(token_file))
     assert any("refuse" in w for w in config_warnings(config))
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:9911", "[::]:9911"])
+def test_listen_on_every_address_is_not_an_sdk_warning(token_file: Path, listen: str) -> None:
+    """0.0.0.0 and :: include loopback, where SDKs on the host reach the daemon: no warning."""
+    config = load_config({"listen": listen}, base_env(token_file))
+    assert not any("refuse" in w for w in config_warnings(config))
 
 
 @pytest.mark.parametrize("lifetime", [900, 1800, 3600, 7200, 43200])

@@ -401,7 +401,13 @@ def config_warnings(config: Config) -> list[str]:
             f"{config.server.host}:{config.server.port} gets AWS credentials"
         )
     host = config.server.host
-    if host not in SDK_ALLOWED_HOSTS and not host.startswith("127."):
+    # On 0.0.0.0 or :: the daemon is also on loopback, where SDKs on this host reach it.
+    reachable = (
+        host in SDK_ALLOWED_HOSTS
+        or host.startswith("127.")
+        or ipaddress.ip_address(host).is_unspecified
+    )
+    if not reachable:
         warnings.append(
             f"listening on {host}: AWS SDKs refuse plain-http container credentials from any "
             "host but 127.0.0.0/8, [::1], localhost, 169.254.170.2 and 169.254.170.23; "

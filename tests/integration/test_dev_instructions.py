@@ -44,7 +44,7 @@ def test_pasted_lines_give_the_aws_cli_the_dev_role(
         exports = "\n".join(lines[:-1])
         assert re.search(f"AWS_CONTAINER_CREDENTIALS_FULL_URI='?{re.escape(url)}", exports)
         assert "export AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=" in exports
-        assert "export AWS_CONTAINER_AUTHORIZATION_TOKEN=" in exports
+        assert re.search(r"^export AWS_CONTAINER_AUTHORIZATION_TOKEN$", exports, re.M)
         token_file = next(
             line.split("=", 1)[1] for line in lines if "AUTHORIZATION_TOKEN_FILE=" in line
         )
