@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web, web_protocol
-from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
 from aiohttp.web_request import BaseRequest
 
 from sidecar.config.model import ListenerLimits
@@ -127,6 +127,9 @@ def _rejection(exc: BaseException | None) -> tuple[int, str, str]:
     """Status, JSON code and message for a request aiohttp could not parse."""
     if isinstance(exc, LineTooLong):
         return 431, "RequestHeaderFieldsTooLarge", "the request line or a header is too long"
+    # aiohttp has no class of its own for it; both of its parsers say exactly this.
+    if isinstance(exc, BadHttpMessage) and exc.message == "Too many headers received":
+        return 431, "RequestHeaderFieldsTooLarge", "the request has too many headers"
     if isinstance(exc, HttpProcessingError):
         return 400, "MalformedRequest", "the request is not valid HTTP/1.1"
     return 400, "MalformedRequest", "the request could not be read"
@@ -206,7 +209,8 @@ class GuardedHandler(web_protocol.RequestHandler):
         self._guard.note(
             logging.WARNING,
             "request_timeout",
-            "closed a connection whose request was not complete and answered within %gs",
+            f"closed a connection whose request was not complete and answered within "
+            f"{self._guard.limits.request_timeout:g}s",
             self._client,
             timeout=self._guard.limits.request_timeout,
         )

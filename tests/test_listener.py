@@ -126,14 +126,17 @@ async def wait_for_count(guard: ListenerGuard, count: int) -> None:
     raise AssertionError(f"{guard.connections.total} connections open, expected {count}")
 
 
-async def test_half_a_request_line_is_disconnected() -> None:
-    """A client that sends half a request line is cut off after --request-timeout."""
+async def test_half_a_request_line_is_disconnected(captured: Captured) -> None:
+    """A client that sends half a request line is cut off after --request-timeout, and the
+    log line says so with the timeout filled in."""
     async with serving(idle_timeout=60, request_timeout=0.2) as served:
         reader, writer = await served.connect()
         writer.write(b"GET /ok HT")
         assert await closed_by_server(reader) == b""
         writer.close()
         await wait_for_count(served.guard, 0)
+    (line,) = [r for r in captured.records if getattr(r, "event", "") == "request_timeout"]
+    assert line.getMessage().endswith("within 0.2s")
 
 
 async def test_trickled_request_head_is_disconnected() -> None:
@@ -239,6 +242,15 @@ MALFORMED = [
         b"GET /ok HTTP/1.1\r\nHost: x\r\nAuthorization: " + SECRET.encode() * 400 + b"\r\n\r\n",
         431,
         id="header-too-long",
+    ),
+    pytest.param(
+        b"GET /ok HTTP/1.1\r\nHost: x\r\nAuthorization: "
+        + SECRET.encode()
+        + b"\r\n"
+        + b"X-Filler: 1\r\n" * 128
+        + b"\r\n",
+        431,
+        id="too-many-headers",
     ),
     pytest.param(b"\x16\x03\x01" + SECRET.encode() + b"\r\n\r\n", 400, id="tls-hello"),
 ]
