@@ -23,10 +23,12 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+import jwt
+
 from sidecar.auth import read_token_file
 from sidecar.aws_files import profile_settings, write_child_files
 from sidecar.config import Config
-from sidecar.config.settings import CI_TOKEN_VARIABLES
+from sidecar.config.settings import CI_TOKEN_VARIABLES, DEFAULT_AUDIENCE
 from sidecar.daemon import Running
 from sidecar.fdlimit import restore_for_child
 from sidecar.refresher import Refresher
@@ -66,12 +68,20 @@ SHADOWING = (
     "AWS_CONTAINER_AUTHORIZATION_TOKEN",
     "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
 )
-#: Where a CI job's web-identity token comes from: never passed on, whatever the daemon used.
+#: Where a CI job's web-identity token comes from, or what mints one: never passed on,
+#: whatever the daemon used. Any other variable holding a JWT for STS goes too (below).
 TOKEN_VARIABLES = (
-    "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
+    "ACTIONS_ID_TOKEN_REQUEST_TOKEN",  # GitHub Actions
     "ACTIONS_ID_TOKEN_REQUEST_URL",
+    "CIRCLE_OIDC_TOKEN",  # CircleCI v1 (the same issuer as v2)
+    "CI_JOB_JWT",  # GitLab before id_tokens
+    "CI_JOB_JWT_V1",
+    "CI_JOB_JWT_V2",
+    "SYSTEM_OIDCREQUESTURI",  # Azure Pipelines
     *CI_TOKEN_VARIABLES,
 )
+#: A variable this large holds no JWT worth decoding.
+_MAX_JWT_CHARS = 64 * 1024
 #: Handled by exec: before the child runs they stop exec; then they are passed on to it.
 HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 #: What a terminal sends by itself to its whole foreground process group (Ctrl-C, Ctrl-\).
@@ -108,6 +118,20 @@ def daemon_token_variables(config: Config) -> frozenset[str]:
     return frozenset({*TOKEN_VARIABLES, *named})
 
 
+def is_sts_token(value: str, audiences: Collection[str]) -> bool:
+    """True if ``value`` is a JWT addressed to one of ``audiences`` (decoded, not verified):
+    with it, anyone could call AssumeRoleWithWebIdentity themselves."""
+    if not value.startswith("eyJ") or len(value) > _MAX_JWT_CHARS or value.count(".") != 2:
+        return False
+    try:
+        claims = jwt.decode(value, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return False
+    aud = claims.get("aud")
+    named = {aud} if isinstance(aud, str) else set(aud) if isinstance(aud, list) else set()
+    return bool(named & set(audiences))
+
+
 def child_environment(
     environ: Mapping[str, str],
     endpoint: ChildEndpoint,
@@ -115,15 +139,19 @@ def child_environment(
     token_variables: Collection[str] = TOKEN_VARIABLES,
     sts_endpoint: str | None = None,
     default_region: str | None = None,
+    sts_audiences: Collection[str] = (DEFAULT_AUDIENCE,),
 ) -> dict[str, str]:
     """The child's environment: ``environ`` without anything that could give it other
-    credentials or the daemon's web-identity token, pointed at ``endpoint`` and at the
-    credential-free ``aws_files``. Dev mode adds its STS endpoint and, if the user has
-    no region anywhere, ``default_region``."""
+    credentials or a web-identity token (the daemon's, or any JWT for ``sts_audiences``),
+    pointed at ``endpoint`` and at the credential-free ``aws_files``. Dev mode adds its STS
+    endpoint and, if the user has no region anywhere, ``default_region``."""
     env = {
         k: v
         for k, v in environ.items()
-        if k not in SHADOWING and k not in token_variables and not k.startswith("SIDECAR_")
+        if k not in SHADOWING
+        and k not in token_variables
+        and not k.startswith("SIDECAR_")
+        and not is_sts_token(v, sts_audiences)
     }
     env.update(aws_files)
     env["AWS_CONTAINER_CREDENTIALS_FULL_URI"] = loopback_url(endpoint.url)
@@ -166,6 +194,7 @@ def prepare_environment(
         daemon_token_variables(config),
         sts_endpoint=dev_sts_url,
         default_region=None if region_known else dev_region,
+        sts_audiences={role.token.audience for role in config.roles},
     )
 
 

@@ -6,6 +6,7 @@ import os
 import stat
 from pathlib import Path
 
+import jwt as pyjwt
 import pytest
 
 from sidecar.aws_files import MAX_CONFIG_BYTES, profile_settings, write_child_files
@@ -161,3 +162,28 @@ def test_child_files_hold_no_credentials(tmp_path: Path) -> None:
     assert Path(files["BOTO_CONFIG"]).read_text() == ""
     for path in files.values():
         assert stat.S_IMODE(Path(path).stat().st_mode) == 0o600
+
+
+def test_other_ci_tokens_and_any_jwt_for_sts_are_removed() -> None:
+    """CI token variables the daemon did not use (CircleCI v1, GitLab's CI_JOB_JWT*), and any
+    variable holding a JWT for STS's audience, are not passed on; other JWTs are."""
+    for_sts = pyjwt.encode({"aud": ["sts.amazonaws.com"], "sub": "x"}, "k" * 32, "HS256")
+    for_other = pyjwt.encode({"aud": "api.example", "sub": "x"}, "k" * 32, "HS256")
+    environ = {
+        "CIRCLE_OIDC_TOKEN": "v1.token.value",
+        "CI_JOB_JWT": "gitlab.old.token",
+        "CI_JOB_JWT_V2": "gitlab.v2.token",
+        "SYSTEM_OIDCREQUESTURI": "https://dev.azure.example/oidc",
+        "DEPLOY_TOKEN": for_sts,
+        "CUSTOM_AUD_TOKEN": pyjwt.encode({"aud": "my-sts"}, "k" * 32, "HS256"),
+        "API_TOKEN": for_other,
+        "NOT_A_JWT": "eyJ-but.not.decodable",
+    }
+    env = child_environment(environ, ChildEndpoint(URL), FILES, sts_audiences={"my-sts"})
+    assert env["API_TOKEN"] == for_other
+    assert env["NOT_A_JWT"] == "eyJ-but.not.decodable"
+    assert env["DEPLOY_TOKEN"] == for_sts  # its audience is not the configured one
+    for gone in ("CIRCLE_OIDC_TOKEN", "CI_JOB_JWT", "CI_JOB_JWT_V2", "SYSTEM_OIDCREQUESTURI"):
+        assert gone not in env
+    assert "CUSTOM_AUD_TOKEN" not in env
+    assert "DEPLOY_TOKEN" not in child_environment(environ, ChildEndpoint(URL), FILES)

@@ -228,6 +228,9 @@ def test_the_daemons_token_sources_are_not_passed_on(
         ACTIONS_ID_TOKEN_REQUEST_TOKEN="github-request-secret",
         ACTIONS_ID_TOKEN_REQUEST_URL="https://token.actions.example/x?y=1",
         CIRCLE_OIDC_TOKEN_V2="circle.token.value",
+        CIRCLE_OIDC_TOKEN="circle.v1.token",
+        CI_JOB_JWT_V2="gitlab.job.jwt",
+        ANOTHER_STS_JWT=emulator.issuer.mint("repo:org/other"),
         BITBUCKET_STEP_OIDC_TOKEN="bitbucket.token.value",
         SIDECAR_ROLE_ARN="arn:aws:iam::123456789012:role/ci",
         SIDECAR_STS_ENDPOINT=emulator.url,
@@ -243,6 +246,9 @@ def test_the_daemons_token_sources_are_not_passed_on(
         "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
         "ACTIONS_ID_TOKEN_REQUEST_URL",
         "CIRCLE_OIDC_TOKEN_V2",
+        "CIRCLE_OIDC_TOKEN",
+        "CI_JOB_JWT_V2",
+        "ANOTHER_STS_JWT",
         "BITBUCKET_STEP_OIDC_TOKEN",
     ):
         assert gone not in child
