@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -429,7 +429,10 @@ class Refresher:
     async def _token_changed(self, watch: TokenWatch) -> bool:
         """True once the token source's fingerprint differs from what it was at failure."""
         try:
-            before: Hashable = await watch.fingerprint()
+            # What the failed attempt read; a file fixed while STS was answering is a change.
+            before = watch.last_read()
+            if before is None:
+                before = await watch.fingerprint()
             while True:
                 await self._clock.sleep(TOKEN_WATCH_INTERVAL)
                 if await watch.fingerprint() != before:

@@ -105,6 +105,10 @@ class TokenWatch(Protocol):
         """A value that changes when the token changes; raises ``TokenError`` if stuck."""
         ...
 
+    def last_read(self) -> Hashable | None:
+        """The fingerprint of what the last ``fetch`` read, if it read anything."""
+        ...
+
 
 def watch_for(source: TokenSource) -> TokenWatch | None:
     """How to notice a new token in ``source``; None where looking is not cheap.
@@ -237,6 +241,11 @@ def _from_text(raw: bytes | str, origin: str) -> str:
     return value
 
 
+def _fingerprint(raw: bytes, identity: FileIdentity) -> Hashable:
+    """A token file as the watch compares it: what the file is and what it holds."""
+    return (identity, hashlib.sha256(raw).digest())
+
+
 class FileTokenSource:
     """A token file re-read on every fetch: a regular file, bounded, read off the loop."""
 
@@ -248,6 +257,7 @@ class FileTokenSource:
         # Looks run while fetches may too: each has its own reader, so neither sees the
         # other's read as a stuck one.
         self._watch_reader = OffLoopReader(f"token file {path} (watch)")
+        self._last_read: Hashable | None = None
 
     def __repr__(self) -> str:
         return f"FileTokenSource({str(self.path)!r})"
@@ -271,7 +281,7 @@ class FileTokenSource:
                     return ("unusable", str(exc), FileIdentity.of(os.stat(self.path)))
                 except OSError:
                     return ("unusable", str(exc))
-            return (identity, hashlib.sha256(raw).digest())
+            return _fingerprint(raw, identity)
 
         return await self._watch_reader.run(look, fail)
 
@@ -282,13 +292,20 @@ class FileTokenSource:
             return TokenError(f"{origin} {problem}")
 
         def read() -> bytes:
-            return read_small_file(self.path, fail, MAX_TOKEN_BYTES)[0]
+            raw, identity = read_small_file(self.path, fail, MAX_TOKEN_BYTES)
+            # What this attempt sent: STS refusing it is only news once the file differs.
+            self._last_read = _fingerprint(raw, identity)
+            return raw
 
+        self._last_read = None
         try:
             raw = await self._reader.run(read, fail)
         except FileNotFoundError:
             raise TokenError(f"{origin} does not exist (is the volume mounted?)") from None
         return read_token(raw, origin, self._clock.now(), self._audience)
+
+    def last_read(self) -> Hashable | None:
+        return self._last_read
 
 
 class EnvTokenSource:

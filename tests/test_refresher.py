@@ -377,6 +377,11 @@ class FakeWatch:
         self.looks += 1
         return self.value
 
+    def last_read(self) -> Hashable | None:
+        return self.read
+
+    read: Hashable | None = None
+
 
 @pytest.mark.parametrize(
     "error",
@@ -400,6 +405,23 @@ async def test_a_changed_token_is_tried_at_once(make: Factory, error: Exception)
     exchanger.script = [3600]
     await clock.advance(TOKEN_WATCH_INTERVAL)
     assert exchanger.calls == calls + 1
+    assert refresher.ready
+
+
+async def test_a_token_fixed_while_sts_answered_is_tried_at_once(make: Factory) -> None:
+    """The watch compares with what the failed attempt read: a token fixed between that read
+    and STS's refusal is a change, not the new normal."""
+    watch = FakeWatch()
+    watch.read = 1  # the attempt read the bad token...
+    watch.value = 2  # ...which was replaced before STS refused it
+    policy = RefreshPolicy(retry_base=1, retry_cap=60, slow_retry=300)
+    refresher, exchanger, clock = make(
+        [sts_error("InvalidIdentityToken", Disposition.FATAL), 3600],
+        policy=policy,
+        token_watch=watch,
+    )
+    await clock.advance(TOKEN_WATCH_INTERVAL + 1)
+    assert exchanger.calls == 2
     assert refresher.ready
 
 

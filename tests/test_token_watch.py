@@ -5,7 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from sidecar.clock import SystemClock
+from sidecar.devmode.issuer import OidcIssuer
+from sidecar.errors import TokenError
 from sidecar.tokens import MAX_TOKEN_BYTES, EnvTokenSource, FileTokenSource, watch_for
 
 
@@ -72,3 +76,21 @@ def test_only_files_are_watched(tmp_path: Path) -> None:
     file_source = FileTokenSource(tmp_path / "t", clock)
     assert watch_for(file_source) is file_source
     assert watch_for(EnvTokenSource("X", {}, clock)) is None
+
+
+async def test_last_read_is_what_the_fetch_read(tmp_path: Path) -> None:
+    """After a fetch, last_read() fingerprints the token it read: equal to a look at the
+    untouched file, different once the file is rewritten; a failed read leaves None."""
+    issuer = OidcIssuer("https://issuer.example")
+    path = tmp_path / "token"
+    path.write_text(issuer.mint())
+    watch = source(path)
+    assert watch.last_read() is None
+    await watch.fetch()
+    assert watch.last_read() == await watch.fingerprint()
+    path.write_text(issuer.mint(subject="another"))
+    assert watch.last_read() != await watch.fingerprint()
+    path.unlink()
+    with pytest.raises(TokenError):
+        await watch.fetch()
+    assert watch.last_read() is None
