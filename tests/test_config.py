@@ -358,3 +358,38 @@ def test_github_token_url_must_be_https_unless_loopback(url: str, ok: bool) -> N
     with pytest.raises(ConfigError, match="ACTIONS_ID_TOKEN_REQUEST_URL=") as caught:
         load_config({}, environ)
     assert "https://" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("flags", "env"),
+    [
+        ({"listen": "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY1234:80"}, {}),
+        ({"imds_listen": "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY1234:80"}, {}),
+        ({"auth_token_file": JWT}, {}),
+        ({"audience": JWT}, {}),
+        (
+            {"token_source": "github"},
+            {
+                "ACTIONS_ID_TOKEN_REQUEST_URL": "http://u:wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY1234@evil.example/x",
+                "ACTIONS_ID_TOKEN_REQUEST_TOKEN": "request-token",
+            },
+        ),
+        (
+            {"token_source": "github"},
+            {
+                "ACTIONS_ID_TOKEN_REQUEST_URL": "http://user:hunter2@evil.example/x",
+                "ACTIONS_ID_TOKEN_REQUEST_TOKEN": "request-token",
+            },
+        ),
+    ],
+)
+def test_secrets_inside_addresses_urls_and_paths_are_not_echoed(
+    token_file: Path, flags: dict[str, str], env: dict[str, str]
+) -> None:
+    """A secret inside a listen address, a URL's user info, or given as the auth token file
+    or the audience, is refused without being printed."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(flags, {**base_env(token_file), **env})
+    message = str(caught.value)
+    for secret in (JWT, JWT.split(".")[1], "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY1234", "hunter2"):
+        assert secret not in message

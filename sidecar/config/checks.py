@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import math
 import os
@@ -11,7 +12,7 @@ import string
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from sidecar.config.model import RoleConfig, TokenSourceConfig
 from sidecar.config.settings import (
@@ -51,15 +52,31 @@ def looks_like_token(value: str) -> bool:
     return entropy >= 4.0  # random base64 is ~5 bits a character; words and paths less
 
 
+#: Where a secret may sit inside a longer value: an address, a URL, a command line.
+_PARTS = re.compile(r"[\s:/@?&=,;\[\]'\"]+")
+
+
+def holds_token(value: str) -> bool:
+    """True if ``value`` or any part of it (``SECRET:80``, ``https://u:SECRET@host``) looks
+    like a token."""
+    return looks_like_token(value) or any(map(looks_like_token, _PARTS.split(value)))
+
+
 def shown(value: object) -> str:
     """``value`` as a configuration error may echo it: quoted, and never if it looks secret.
 
     CI logs keep error messages, so a token pasted into the wrong setting must not be
-    printed back. Every configuration error that echoes a value goes through here.
+    printed back. Every configuration error that echoes a value goes through here; a URL's
+    user and password are never shown.
     """
     text = str(value)
-    if looks_like_token(text):
+    if holds_token(text):
         return "<a value that looks like a token, not shown>"
+    with contextlib.suppress(ValueError):
+        parts = urlsplit(text)
+        if parts.scheme and "@" in parts.netloc:
+            host = parts.netloc.rsplit("@", 1)[1]
+            text = urlunsplit(parts._replace(netloc=f"<user:password>@{host}"))
     return repr(text if len(text) <= 200 else text[:200] + "...")
 
 
@@ -153,6 +170,12 @@ class Checker:
         env_var = raw["token_env"][0]
         command_text = raw["token_command"][0]
         audience = raw["audience"][0] or DEFAULT_AUDIENCE
+        if holds_token(audience):
+            self.add(
+                f"{raw['audience'][1]}: this looks like a token, not an audience: give the "
+                "audience the token must carry (usually sts.amazonaws.com)"
+            )
+            audience = DEFAULT_AUDIENCE
         if not kind:
             if path_text:
                 kind = "file"

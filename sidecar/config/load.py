@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.config import file as config_file
-from sidecar.config.checks import Checker, check_accounts_of, shown
+from sidecar.config.checks import Checker, check_accounts_of, holds_token, shown
 from sidecar.config.model import (
     Config,
     HopConfig,
@@ -124,6 +124,12 @@ def load_config(
         )
 
     auth_text = raw["auth_token_file"][0]
+    if auth_text and holds_token(auth_text):
+        check.add(
+            f"{raw['auth_token_file'][1]}: this looks like a token, not a path: give the path "
+            "of the auth token file (it is created with a random token if missing)"
+        )
+        auth_text = None
     insecure = truthy(raw["insecure_no_auth"][0])
     if auth_text and insecure:
         check.add("--auth-token-file and --insecure-no-auth contradict each other: pick one")

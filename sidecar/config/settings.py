@@ -344,7 +344,10 @@ def parse_listen(text: str) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise ValueError("port must be 0..65535")
     if host != "localhost":
-        ipaddress.ip_address(host)  # raises ValueError for names we cannot bind predictably
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:  # its message repeats the value, which callers show with care
+            raise ValueError("the host must be an IP address or localhost") from None
     return host, port
 
 
