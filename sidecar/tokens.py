@@ -48,6 +48,7 @@ from sidecar.safe_read import (
     read_small_file,
     size_text,
 )
+from sidecar.secret import redact
 
 log = logging.getLogger(__name__)
 
@@ -378,7 +379,8 @@ class CommandTokenSource:
         except OSError as exc:
             raise TokenError(f"{origin} cannot be started: {exc.strerror or exc}") from None
         if result.returncode != 0:
-            detail = result.stderr_tail.decode(errors="replace").strip()[-300:]
+            # A helper run with -v or set -x may print its own bearer token: never ours to log.
+            detail = redact(result.stderr_tail.decode(errors="replace").strip())[-300:]
             status = (
                 f"was killed by signal {-result.returncode}"
                 if result.returncode < 0

@@ -174,6 +174,22 @@ async def test_command_stderr_flood_keeps_only_the_end() -> None:
     assert len(str(caught.value)) < 1000
 
 
+async def test_command_error_output_is_shown_without_tokens() -> None:
+    """A failing helper that printed a bearer token (curl -v, set -x): the error keeps the
+    shape of its output, never the token."""
+    bearer = ISSUER.mint("x")
+    script = (
+        f"import sys; sys.stderr.write('> Authorization: Bearer {bearer}\\n"
+        "< HTTP/1.1 401 Unauthorized'); sys.exit(22)"
+    )
+    with pytest.raises(TokenError) as caught:
+        await CommandTokenSource((sys.executable, "-c", script), 10, SystemClock()).fetch()
+    message = str(caught.value)
+    assert "Authorization: Bearer <redacted>" in message
+    assert "401 Unauthorized" in message
+    assert bearer not in message and bearer.split(".")[1] not in message
+
+
 async def test_command_timeout_kills_its_background_processes(tmp_path: Path) -> None:
     """A command whose background helper holds its output: the whole group dies, no fd leaks."""
     token = tmp_path / "token"

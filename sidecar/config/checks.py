@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import math
 import os
 import re
 import shlex
 import string
-from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -29,37 +27,7 @@ from sidecar.config.settings import (
     is_template,
     parse_seconds,
 )
-from sidecar.secret import Secret
-
-#: A JWT: base64url JSON header ("eyJ" is how '{"' encodes), payload and signature.
-_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*", re.IGNORECASE)
-_HEX_SECRET = re.compile(r"[0-9a-fA-F]{32,}")
-#: Long runs of base64/hex characters: API keys, secret access keys, session tokens.
-_SECRET_CHARS = re.compile(r"[A-Za-z0-9+/=_.~-]{32,}")
-
-
-def looks_like_token(value: str) -> bool:
-    """True for a JWT or a long random-looking string: a secret, not a name or a path."""
-    text = value.strip()
-    if _JWT.search(text) or _HEX_SECRET.fullmatch(text):
-        return True
-    if not _SECRET_CHARS.fullmatch(text):
-        return False
-    if not all(re.search(chars, text) for chars in ("[a-z]", "[A-Z]", "[0-9]")):
-        return False
-    counts = Counter(text).values()
-    entropy = -sum(n / len(text) * math.log2(n / len(text)) for n in counts)
-    return entropy >= 4.0  # random base64 is ~5 bits a character; words and paths less
-
-
-#: Where a secret may sit inside a longer value: an address, a URL, a command line.
-_PARTS = re.compile(r"[\s:/@?&=,;\[\]'\"]+")
-
-
-def holds_token(value: str) -> bool:
-    """True if ``value`` or any part of it (``SECRET:80``, ``https://u:SECRET@host``) looks
-    like a token."""
-    return looks_like_token(value) or any(map(looks_like_token, _PARTS.split(value)))
+from sidecar.secret import Secret, holds_token, looks_like_token
 
 
 def shown(value: object) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.config import file as config_file
-from sidecar.config.checks import Checker, check_accounts_of, holds_token, shown
+from sidecar.config.checks import Checker, check_accounts_of, shown
 from sidecar.config.model import (
     Config,
     HopConfig,
@@ -39,6 +39,7 @@ from sidecar.config.settings import (
     truthy,
 )
 from sidecar.errors import ConfigError
+from sidecar.secret import holds_token
 
 #: exec's defaults: a free loopback port, and only warnings on the stderr it shares.
 EXEC_DEFAULTS = {"listen": "127.0.0.1:0", "log_level": "warning"}
