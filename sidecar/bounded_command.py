@@ -81,7 +81,33 @@ class _PipeReader:
             self._fd = None
 
 
-def _kill_group(pgid: int) -> None:
+def _group_has_members(pgid: int) -> bool:
+    """Whether any process is still in group ``pgid`` (Linux: from /proc; elsewhere assume so).
+
+    Once the leader is reaped, its number may be handed to a new process, which could lead a
+    group of its own: only a group that still has members is certainly still ours (the
+    kernel does not reuse a number some live process uses as its group id).
+    """
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return True
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid).encode():
+            return True
+    return False
+
+
+def _kill_group(pgid: int, leader_reaped: bool) -> None:
+    if leader_reaped and not _group_has_members(pgid):
+        return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
 
@@ -137,7 +163,7 @@ async def run_bounded(
         err.drain()  # what it wrote just before exiting
         return CommandResult(code, bytes(out.data), bytes(err.data))
     finally:
-        _kill_group(proc.pid)
+        _kill_group(proc.pid, leader_reaped=proc.returncode is not None)
         exited.cancel()
         out.close()
         err.close()

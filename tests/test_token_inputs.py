@@ -283,3 +283,16 @@ async def test_token_command_gets_back_the_open_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         fdlimit.forget()
     assert result.stdout.strip() == str(started_with).encode()
+
+
+async def test_helper_outliving_a_successful_command_is_killed(tmp_path: Path) -> None:
+    """A command that succeeds but leaves a helper behind (its output redirected away):
+    the helper, still in the command's group, is killed after the run."""
+    token = tmp_path / "token"
+    token.write_text(ISSUER.mint("x"))
+    pid_file = tmp_path / "helper.pid"
+    script = f"sleep 300 >/dev/null 2>&1 & echo $! > {pid_file}; cat {token}"
+    fetched = await CommandTokenSource(("sh", "-c", script), 10, SystemClock()).fetch()
+    assert fetched.claims.subject == "x"
+    helper = int(pid_file.read_text())
+    assert _wait_dead(helper), f"background helper {helper} survived"
