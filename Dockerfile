@@ -30,8 +30,7 @@ RUN groupadd --system --gid 10001 sidecar \
       --shell /usr/sbin/nologin sidecar \
  && install --directory --owner=10001 --group=10001 --mode=0700 /run/sidecar
 COPY --from=build /opt/credential-sidecar /opt/credential-sidecar
-# DL3064 is a false positive: SIDECAR_AUTH_TOKEN_FILE names where the daemon writes the token,
-# it holds no secret.
+# SIDECAR_AUTH_TOKEN_FILE is a path, not a secret: DL3064 (sensitive ENV) is a false positive.
 # hadolint ignore=DL3064
 ENV PATH=/opt/credential-sidecar/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -243,6 +243,7 @@ class Store:
         dockerfile: Path | None = None,
         layers: bool = True,
         timeout: float = 600,
+        check: bool = True,
     ) -> Result:
         """``buildah bud`` from the base image: docker format (keeps HEALTHCHECK), no pull,
         host network (no bridge, no iptables chains), the host's CA bundle as a secret."""
@@ -263,7 +264,7 @@ class Store:
         ]
         if CA_BUNDLE.is_file():
             args += ["--secret", f"id=ca-bundle,src={CA_BUNDLE}"]
-        return self.buildah(*args, *extra, str(context), timeout=timeout)
+        return self.buildah(*args, *extra, str(context), timeout=timeout, check=check)
 
 
 def unavailable_reason() -> str | None:
