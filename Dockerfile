@@ -2,7 +2,7 @@
 # credential-sidecar: docker build -t credential-sidecar .
 #
 # Run it read-only as the unprivileged user; the auth token directory is the only thing it
-# writes, so give it a tmpfs (or the volume the clients mount):
+# writes, so give it a tmpfs (podman: --tmpfs /run/sidecar:U) or the volume clients mount:
 #   docker run --read-only --tmpfs /run/sidecar:uid=10001,gid=10001,mode=0700 \
 #     -e AWS_ROLE_ARN=... -e AWS_WEB_IDENTITY_TOKEN_FILE=... credential-sidecar serve
 #
@@ -13,14 +13,24 @@ ARG BASE=python:3.11-slim
 
 FROM ${BASE} AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY sidecar ./sidecar
 # ca-bundle: an optional build secret for build hosts whose egress re-signs TLS; mounted for
-# this step only, so it is in no layer. pip and setuptools leave the venv once it is built.
+# a step only, so it is in no layer. Dependencies first, in their own layer: it stays cached
+# while only the code or the README changes.
+COPY pyproject.toml ./
 RUN --mount=type=secret,id=ca-bundle,required=false \
     if [ -s /run/secrets/ca-bundle ]; then export PIP_CERT=/run/secrets/ca-bundle; fi \
  && python3 -m venv /opt/credential-sidecar \
- && /opt/credential-sidecar/bin/pip install --no-cache-dir --disable-pip-version-check . \
+ && python3 -c 'import tomllib; project = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+      print(*project["dependencies"], sep="\n")' > requirements.txt \
+ && /opt/credential-sidecar/bin/pip install --no-cache-dir --disable-pip-version-check \
+      --requirement requirements.txt
+COPY README.md ./
+COPY sidecar ./sidecar
+# pip and setuptools leave the venv once the project is in.
+RUN --mount=type=secret,id=ca-bundle,required=false \
+    if [ -s /run/secrets/ca-bundle ]; then export PIP_CERT=/run/secrets/ca-bundle; fi \
+ && /opt/credential-sidecar/bin/pip install --no-cache-dir --disable-pip-version-check \
+      --no-deps . \
  && /opt/credential-sidecar/bin/pip uninstall --yes --disable-pip-version-check pip setuptools
 
 FROM ${BASE}

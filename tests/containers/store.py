@@ -290,6 +290,8 @@ def prepare(argv: Sequence[str] = ()) -> int:
     started = time.monotonic()
     store = Store()
     image = store.ensure_base()
+    # Old build-cache layers (each code change leaves one set) go after three days.
+    store.podman("image", "prune", "--force", "--filter", "until=72h")
     refused = kernel_refuses(store)
     if refused:
         print(f"containers: cannot run a container here: {refused}", file=sys.stderr)
