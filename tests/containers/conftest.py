@@ -8,6 +8,7 @@ every one of those is a failure instead.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -37,8 +38,9 @@ def _cannot(reason: str, can_install: bool) -> None:
 
 
 @pytest.fixture(scope="session")
-def store() -> Store:
-    """The private store with the mmdebstrap base image in it."""
+def store() -> Iterator[Store]:
+    """The private store with the mmdebstrap base image in it; no container (nor buildah
+    working container of a failed build) may outlive the session."""
     reason = unavailable_reason()
     if reason:
         _cannot(reason, can_install=True)
@@ -47,7 +49,14 @@ def store() -> Store:
     refused = kernel_refuses(store)
     if refused:
         _cannot(f"the kernel or runtime refuses a container: {refused}", can_install=False)
-    return store
+    yield store
+    left = store.podman("ps", "--all", "--quiet").out.split()
+    working = store.buildah("containers", "--quiet").out.split()
+    for container in left:
+        store.podman("rm", "--force", "--time", "0", container, check=False)
+    for container in working:
+        store.buildah("rm", container, check=False)
+    assert not left and not working, f"left behind: containers {left}, buildah {working}"
 
 
 @pytest.fixture(scope="session")

@@ -255,6 +255,7 @@ class Store:
             "--network",
             "host",
             f"--layers={'true' if layers else 'false'}",
+            "--force-rm",  # a failed build leaves no working container behind
             "--build-arg",
             f"BASE={self.ensure_base()}",
             "--tag",
