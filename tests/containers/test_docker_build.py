@@ -115,7 +115,6 @@ def test_build_step_signs_an_sts_call_and_leaves_no_credential_in_the_image(
     with (context / "Dockerfile").open("a") as dockerfile:
         dockerfile.write(CANARY_STAGE)
     canary = f"canary-{secrets.token_hex(16)}"
-    port = host_daemon.base.rsplit(":", 1)[1]
     tag = f"localhost/credential-sidecar-ci/docker-build:{secrets.token_hex(4)}"
     token_file = tmp_path / "auth-token"
     try:
@@ -125,7 +124,7 @@ def test_build_step_signs_an_sts_call_and_leaves_no_credential_in_the_image(
             "--secret",
             f"id=aws-auth-token,src={token_file}",
             "--build-arg",
-            f"DAEMON_PORT={port}",
+            f"AWS_CONTAINER_CREDENTIALS_FULL_URI={host_daemon.url}",
             "--build-arg",
             f"AWS_ENDPOINT_URL_STS={dev_sts_endpoint(host_daemon)}",
             "--build-arg",
@@ -159,7 +158,6 @@ def test_build_fails_when_the_step_gets_no_credentials(
     the build: a recipe that silently built without its artifacts would be worse."""
     wrong = tmp_path / "wrong-token"
     wrong.write_text(secrets.token_urlsafe(32))
-    port = host_daemon.base.rsplit(":", 1)[1]
     tag = f"localhost/credential-sidecar-ci/docker-build:{secrets.token_hex(4)}"
     try:
         result = store.build(
@@ -168,7 +166,7 @@ def test_build_fails_when_the_step_gets_no_credentials(
             "--secret",
             f"id=aws-auth-token,src={wrong}",
             "--build-arg",
-            f"DAEMON_PORT={port}",
+            f"AWS_CONTAINER_CREDENTIALS_FULL_URI={host_daemon.url}",
             "--build-arg",
             f"AWS_ENDPOINT_URL_STS={dev_sts_endpoint(host_daemon)}",
             check=False,
