@@ -3,8 +3,11 @@
 Never the machine's default store: ``CONTAINERS_STORAGE_CONF`` and ``CONTAINERS_CONF`` point
 at files written here, under a cache directory later runs on the same machine reuse (the
 base image and buildah's layer cache make a warm run take seconds). What works on Debian 12
-as root (runc, netavark, ulimits under the hard limits, overlay unless the cache sits on
-overlayfs) is in ``/work/shared/containers.md``.
+as root without a registry: runc (crun fails on cgroup v1 hybrid), ulimits under the hard
+limits (podman's root defaults are refused), netavark named explicitly, native overlay
+storage (vfs where the cache sits on overlayfs), a base made with mmdebstrap and imported.
+No test uses a bridge network (``none``, ``container:`` or ``host`` only), so no iptables
+chain or podman0 bridge is created.
 
 ``python -m tests.containers.store`` prepares the store and the base image (``.ci/containers.sh``
 calls it, so its time is not counted inside a test).
@@ -22,7 +25,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -282,7 +285,7 @@ def kernel_refuses(store: Store) -> str | None:
     return None if result.code == 0 else (result.err.strip() or f"exit {result.code}")
 
 
-def prepare(argv: Sequence[str] = ()) -> int:
+def prepare() -> int:
     """Warm the cache: the base tarball, the store and the base image in it."""
     reason = unavailable_reason()
     if reason:
@@ -302,4 +305,4 @@ def prepare(argv: Sequence[str] = ()) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(prepare(sys.argv[1:]))
+    sys.exit(prepare())
