@@ -35,6 +35,7 @@ from sidecar.daemon import Running, running_daemon
 from sidecar.devmode.environment import DEV_REGION, DevEnvironment, dev_environment
 from sidecar.errors import AuthTokenError, ConfigError, ListenError, SidecarError
 from sidecar.execute import ExecSignals, loopback_url, prepare_environment, wait_ready
+from sidecar.health import probe_ready
 from sidecar.inspection import inspect
 from sidecar.logs import configure_logging
 
@@ -44,6 +45,7 @@ EXIT_CONFIG = 2  # bad configuration or auth token file: the message says what t
 EXIT_LISTEN = 3  # cannot bind the listen address (in use, not local, no permission)
 EXIT_PROBLEMS = 4  # inspect: the token or the trust policy would be refused
 EXIT_UNAVAILABLE = 5  # exec: no credentials within --wait, the command was not run
+EXIT_UNHEALTHY = 1  # health: not ready (a container HEALTHCHECK knows only 0 and 1)
 
 log = logging.getLogger("sidecar")
 
@@ -93,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="the role's trust policy JSON, or `aws iam get-role` output",
     )
+    health_parser = commands.add_parser(
+        "health",
+        help="exit 0 if the daemon on --listen is ready, else 1 (a container HEALTHCHECK)",
+        description="GET /readyz from the daemon listening on --listen (SIDECAR_LISTEN) and "
+        "exit 0 on 200, 1 otherwise. Needs no tool in the image besides credential-sidecar.",
+    )
+    _add_settings(health_parser, [SETTINGS_BY_NAME["listen"]])
     return parser
 
 
@@ -277,6 +286,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     flags = {name: getattr(args, name, None) for name in SETTINGS_BY_NAME}
     if args.command == "inspect":
         sys.exit(asyncio.run(inspect_token(flags, os.environ, args.trust_policy)))
+    if args.command == "health":
+        problem = probe_ready(resolve_raw(flags, os.environ)["listen"][0] or "")
+        if problem:
+            print(f"credential-sidecar: not ready: {problem}", file=sys.stderr)
+        sys.exit(EXIT_UNHEALTHY if problem else EXIT_OK)
     child = list(getattr(args, "child", None) or [])
     if child[:1] == ["--"]:
         child = child[1:]
