@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 
 import pytest
 
 from sidecar.health import readyz_url
-from tests.peers import REPO, clean_aws_env, daemon
+from tests.peers import daemon, run_sidecar
 
 
 def health(listen: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sidecar", "health", "--listen", listen],
-        env=clean_aws_env(),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    return run_sidecar("health", "--listen", listen, timeout=30)
 
 
 def test_health_exits_0_once_the_daemon_is_ready() -> None:
