@@ -22,10 +22,12 @@ through a proxy).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
 import math
+import re
 import secrets
 import struct
 import time
@@ -44,6 +46,8 @@ from sidecar.server import (
     METRICS,
     REFUSAL_LOG,
     ROLE,
+    ROUTE,
+    Handler,
     LogThrottle,
     error_response,
     json_errors_and_metrics,
@@ -52,6 +56,7 @@ from sidecar.server import (
 TOKEN_PATH = "/latest/api/token"  # noqa: S105 - a path, not a password
 CREDENTIALS_PATH = "/latest/meta-data/iam/security-credentials/"
 TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
+_SLASHES = re.compile("/{2,}")
 TOKEN_HEADER = "X-aws-ec2-metadata-token"  # noqa: S105 - a header name
 MIN_TTL, MAX_TTL = 1, 21600
 
@@ -148,10 +153,10 @@ def create_imds_app(
             return error_response(401, "Unauthorized", f"send a session token in {TOKEN_HEADER}")
         return web.Response(text=name)
 
-    async def credentials(request: web.Request) -> web.Response:
+    async def credentials(request: web.Request, asked: str) -> web.Response:
         if not authorised(request):
             return error_response(401, "Unauthorized", f"send a session token in {TOKEN_HEADER}")
-        if request.match_info["name"] != name:
+        if asked != name:
             return error_response(404, "NotFound", f"this endpoint serves only the role {name}")
         request[ROLE] = refresher.name
         snap = await refresher.wait_servable(cold_start_wait)
@@ -178,7 +183,29 @@ def create_imds_app(
             headers={"Cache-Control": "no-store"},
         )
 
-    app.router.add_put(TOKEN_PATH, issue_token)
-    app.router.add_get(CREDENTIALS_PATH, list_roles, allow_head=False)
-    app.router.add_get(CREDENTIALS_PATH + "{name}", credentials, allow_head=False)
+    exact: dict[str, tuple[str, Handler]] = {
+        TOKEN_PATH: ("PUT", issue_token),
+        CREDENTIALS_PATH: ("GET", list_roles),
+        # PHP's IMDS client lists roles without the final slash.
+        CREDENTIALS_PATH.rstrip("/"): ("GET", list_roles),
+    }
+
+    async def dispatch(request: web.Request) -> web.StreamResponse:
+        # Java v1/v2 and JavaScript v2 append /latest/... to an endpoint ending in a slash.
+        path = _SLASHES.sub("/", request.path)
+        method, handler = exact.get(path, ("GET", None))
+        asked = path.removeprefix(CREDENTIALS_PATH)
+        if handler is None and path.startswith(CREDENTIALS_PATH) and "/" not in asked:
+            request[ROUTE] = CREDENTIALS_PATH + "{name}"
+            method, handler = "GET", functools.partial(credentials, asked=asked)
+        if handler is None:
+            return error_response(404, "NotFound", f"no such IMDS path: {path[:100]}")
+        request.setdefault(ROUTE, path)
+        if request.method != method:
+            return error_response(
+                405, "MethodNotAllowed", f"use {method} for {path}", headers={"Allow": method}
+            )
+        return await handler(request)
+
+    app.router.add_route("*", "/{path:.*}", dispatch)
     return app

@@ -37,6 +37,8 @@ LIMITER = web.AppKey("limiter", FailureLimiter)
 #: Refusal log lines per minute over all clients (``--refusal-log-budget``).
 DEFAULT_REFUSAL_LOG_BUDGET = 60
 ROLE: web.RequestKey[str] = web.RequestKey("role", str)
+#: The route a request is counted under, where the app routes it itself (IMDS).
+ROUTE: web.RequestKey[str] = web.RequestKey("route", str)
 #: How much of a client's User-Agent an audit line keeps.
 AUDIT_USER_AGENT_CHARS = 200
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -72,7 +74,7 @@ async def json_errors_and_metrics(request: web.Request, handler: Handler) -> web
     if limiter is not None and 400 <= response.status < 500:
         response = _rate_limited(request, limiter) or response
     resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else "unmatched"
+    route = request.get(ROUTE) or (resource.canonical if resource is not None else "unmatched")
     role = request.get(ROLE, "")
     request.app[METRICS].count_request(route, role, response.status)
     return response

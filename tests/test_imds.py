@@ -95,6 +95,58 @@ async def test_unknown_role_name(imds: tuple[Client, Refresher]) -> None:
     assert response.status == 404
 
 
+async def raw(port: int, method: str, path: str, headers: dict[str, str]) -> tuple[int, str]:
+    """One HTTP/1.1 request with ``path`` sent exactly as given (an HTTP client would read
+    ``//latest`` as a host name): (status, body)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    answer = await reader.read()
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode()
+
+
+async def test_repeated_slashes_count_as_one(imds: tuple[Client, Refresher]) -> None:
+    """Java v1/v2 and JavaScript v2 append /latest/... to an endpoint ending in a slash:
+    //latest/... works for the token, the listing and the credentials."""
+    client, refresher = imds
+    port = client.port
+    assert port is not None
+    status, session_token = await raw(port, "PUT", "//latest/api/token", TTL)
+    assert status == 200
+    session = {"X-aws-ec2-metadata-token": session_token}
+    listing = "//latest/meta-data//iam/security-credentials/"
+    assert await raw(port, "GET", listing, session) == (200, "build-role")
+    status, body = await raw(port, "GET", listing + "/build-role", session)
+    assert status == 200
+    snap = refresher.servable()
+    assert snap is not None
+    assert json.loads(body)["AccessKeyId"] == snap.credentials.access_key_id
+
+
+async def test_role_listing_without_the_final_slash(imds: tuple[Client, Refresher]) -> None:
+    """PHP's IMDS client lists roles at .../security-credentials, without the final slash."""
+    client, _ = imds
+    session = {"X-aws-ec2-metadata-token": await token(client)}
+    response = await client.get("/latest/meta-data/iam/security-credentials", headers=session)
+    assert response.status == 200
+    assert await response.text() == "build-role"
+
+
+async def test_wrong_method_and_unknown_path_are_json(imds: tuple[Client, Refresher]) -> None:
+    """A GET of the token path is a JSON 405 naming PUT; an unknown path a JSON 404."""
+    client, _ = imds
+    wrong = await client.get("/latest/api/token")
+    assert wrong.status == 405
+    assert wrong.headers["Allow"] == "PUT"
+    assert (await wrong.json())["Code"] == "MethodNotAllowed"
+    unknown = await client.get("/latest/user-data")
+    assert unknown.status == 404
+    assert (await unknown.json())["Code"] == "NotFound"
+
+
 async def test_session_tokens_expire_on_the_injected_clock() -> None:
     """A token is valid for exactly its TTL on the monotonic clock it was given."""
     clock = FakeClock()
