@@ -87,6 +87,16 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return files
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_object_is_in_the_apps_namespace(overlay: str) -> None:
+    """Every rendered object, the overlay's own included, is in namespace app: an object
+    without one lands in whatever namespace kubectl's context names."""
+    objects = render(KUBERNETES / "overlays" / overlay)
+    assert objects
+    for obj in objects:
+        assert obj["metadata"].get("namespace") == "app", (overlay, obj["kind"])
+
+
 def test_every_overlay_is_covered() -> None:
     """The overlays the lint tests render are the native-sidecar, classic and monitored ones."""
     assert set(OVERLAYS) >= {"native-sidecar", "classic", "monitored"}
