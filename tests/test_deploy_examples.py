@@ -13,6 +13,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from sidecar import __version__
 from sidecar.config import SETTINGS
 from sidecar.devmode.issuer import OidcIssuer
 from sidecar.metrics import Metrics
@@ -236,3 +237,17 @@ def test_classic_variant_waits_for_readiness() -> None:
     app, sidecar = pod["containers"]
     assert sidecar["name"] == "credential-sidecar" and "restartPolicy" not in sidecar
     assert app["command"][:2] == ["sh", "-c"] and "/readyz" in app["command"][2]
+
+
+def test_recipes_pin_the_version_they_install() -> None:
+    """A recipe never installs whatever version of credential-sidecar an index serves today:
+    it pins this one (or installs the checkout it ships in)."""
+    installs = [
+        (path, line)
+        for path in EXAMPLES
+        for line in path.read_text().splitlines()
+        if re.search(r"pip\"? install\b.*credential-sidecar", line)
+    ]
+    assert installs
+    for path, line in installs:
+        assert f"credential-sidecar=={__version__}" in line, f"{path}: {line.strip()}"

@@ -6,7 +6,8 @@ RUNNER_GROUP="${RUNNER_GROUP:-ci-runner}"
 here="$(cd "$(dirname "$0")" && pwd)"
 
 python3 -m venv /opt/credential-sidecar
-/opt/credential-sidecar/bin/pip install --quiet credential-sidecar
+# From this checkout: the version you read and verified, not whatever an index serves.
+/opt/credential-sidecar/bin/pip install --quiet "$here/../.."
 install -m 0644 "$here/credential-sidecar.sysusers" /etc/sysusers.d/credential-sidecar.conf
 systemd-sysusers /etc/sysusers.d/credential-sidecar.conf
 
