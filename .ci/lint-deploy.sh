@@ -34,9 +34,11 @@ log "pip: the test extras (kubernetes-validate, yamllint, jsonpatch)"
 .venv/bin/python -m pip install --quiet -e '.[test]'
 
 log "pip: checkov, in its own venv"
-if [ ! -x .venv/checkov/bin/checkov ]; then
+# Pinned: a new rule must not fail fresh machines while warm ones stay green.
+CHECKOV_VERSION=3.3.30
+if [ "$(.venv/checkov/bin/checkov --version 2>/dev/null)" != "$CHECKOV_VERSION" ]; then
   python3 -m venv .venv/checkov
-  .venv/checkov/bin/python -m pip install --quiet checkov
+  .venv/checkov/bin/python -m pip install --quiet "checkov==$CHECKOV_VERSION"
 fi
 .venv/checkov/bin/checkov --version
 
