@@ -26,7 +26,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 
-from harness import REPO, dev_lines, free_port, process
+from harness import REPO, dev_lines, free_port, process, serve_dev
 
 REFERENCE = """
 import sys
@@ -95,18 +95,7 @@ def main() -> None:
         sys.exit("wrk is not installed: apt-get install wrk")
 
     port = free_port()
-    daemon_argv = [
-        sys.executable,
-        "-m",
-        "sidecar",
-        "serve",
-        "--dev",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--log-level",
-        "error",
-    ]
-    with process(daemon_argv) as daemon:
+    with process(serve_dev(port, "--log-level", "error")) as daemon:
         token = dev_lines(daemon)["token"]
         daemon_url = f"http://127.0.0.1:{port}/v1/credentials"
         body = wait_http(daemon_url, token)

@@ -7,6 +7,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +15,20 @@ from pathlib import Path
 from typing import IO
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def serve_dev(port: int, *flags: str) -> list[str]:
+    """The command line of ``serve --dev`` on 127.0.0.1:``port``, with more ``flags``."""
+    return [
+        sys.executable,
+        "-m",
+        "sidecar",
+        "serve",
+        "--dev",
+        "--listen",
+        f"127.0.0.1:{port}",
+        *flags,
+    ]
 
 
 def free_port() -> int:

@@ -45,7 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
-from harness import dev_lines, free_port, process
+from harness import dev_lines, free_port, process, serve_dev
 
 #: Requests a hostile client may have outstanding; they are bounded like everything else.
 CLIENT_TIMEOUT = 5.0
@@ -261,16 +261,26 @@ async def malformed_client(
     await forever(stop, step)
 
 
+async def connect(
+    host: str, port: int, source: str, tally: Tally, kind: str, pause: float
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    """A connection from ``source``; None (counted under ``kind``, after ``pause``) if refused."""
+    try:
+        return await asyncio.open_connection(host, port, local_addr=(source, 0))
+    except OSError as exc:
+        tally.count(kind, type(exc).__name__)
+        await asyncio.sleep(pause)
+        return None
+
+
 async def slow_client(host: str, port: int, source: str, stop: asyncio.Event, tally: Tally) -> None:
     """Opens a connection and trickles a request line that never ends, until cut off."""
 
     async def step() -> None:
-        try:
-            reader, writer = await asyncio.open_connection(host, port, local_addr=(source, 0))
-        except OSError as exc:
-            tally.count("slow", type(exc).__name__)
-            await asyncio.sleep(0.2)
+        connection = await connect(host, port, source, tally, "slow", pause=0.2)
+        if connection is None:
             return
+        reader, writer = connection
         started = time.monotonic()
         try:
             writer.write(b"GET /v1/credentials HTTP/1.1\r\nHost: x\r\n")
@@ -300,12 +310,10 @@ async def flood_client(
     """Connects and hangs up as fast as it can."""
 
     async def step() -> None:
-        try:
-            _, writer = await asyncio.open_connection(host, port, local_addr=(source, 0))
-        except OSError as exc:
-            tally.count("flood", type(exc).__name__)
-            await asyncio.sleep(0.01)
+        connection = await connect(host, port, source, tally, "flood", pause=0.01)
+        if connection is None:
             return
+        _, writer = connection
         writer.write(b"GET /v1/cre")
         writer.close()
         with contextlib.suppress(OSError):
@@ -463,28 +471,12 @@ def report(
 
 
 def daemon_argv(args: argparse.Namespace) -> list[str]:
-    argv = [
-        sys.executable,
-        "-m",
-        "sidecar",
-        "serve",
-        "--dev",
-        "--listen",
-        f"127.0.0.1:{args.port}",
-        "--imds-listen",
-        f"127.0.0.1:{args.imds_port}",
-        "--log-format",
-        "json",
-        "--safety-margin",
-        "60s",
-        "--attempt-timeout",
-        "3s",
-        "--retry-cap",
-        "5s",
-        "--slow-retry",
-        "10s",
-    ]
-    return argv
+    return serve_dev(
+        args.port,
+        *("--imds-listen", f"127.0.0.1:{args.imds_port}", "--log-format", "json"),
+        *("--safety-margin", "60s", "--attempt-timeout", "3s"),
+        *("--retry-cap", "5s", "--slow-retry", "10s"),
+    )
 
 
 def soak_env() -> dict[str, str]:
