@@ -15,9 +15,10 @@ import configparser
 import logging
 import os
 import re
-import stat
 from collections.abc import Mapping
 from pathlib import Path
+
+from sidecar.safe_read import read_small_file
 
 log = logging.getLogger(__name__)
 
@@ -88,27 +89,14 @@ def profile_settings(environ: Mapping[str, str]) -> dict[str, str]:
 def _read_small_file(path: Path) -> str | None:
     """The file's text if it is a regular file of at most MAX_CONFIG_BYTES, else None."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-    except OSError:
-        return None  # missing or unreadable: the SDK would not read it either
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None  # a FIFO or a device could block or never end
-        data = b""
-        while len(data) <= MAX_CONFIG_BYTES:
-            chunk = os.read(fd, MAX_CONFIG_BYTES + 1 - len(data))
-            if not chunk:
-                break
-            data += chunk
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    if len(data) > MAX_CONFIG_BYTES:
+        data, _ = read_small_file(path, ValueError, MAX_CONFIG_BYTES)
+    except FileNotFoundError:
+        return None  # the SDK would not read it either
+    except ValueError as problem:
         log.warning(
-            "%s is larger than %d bytes; the command gets no settings from it",
+            "%s %s; the command gets no settings from it",
             path,
-            MAX_CONFIG_BYTES,
+            problem,
             extra={"event": "aws_config_unreadable", "path": str(path)},
         )
         return None

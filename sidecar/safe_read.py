@@ -155,7 +155,7 @@ def read_small_file(
 
 
 def _too_big(limit: int) -> str:
-    return f"is larger than {size_text(limit)} (a token is a few KB): is it the right file?"
+    return f"is larger than {size_text(limit)}: is it the right file?"
 
 
 class OffLoopReader:
