@@ -5,25 +5,22 @@ Standard library only, so an image needs no curl or wget for its health check.
 
 from __future__ import annotations
 
-import ipaddress
 import urllib.error
 import urllib.request
 
 from sidecar.config.settings import parse_listen
+from sidecar.execute import loopback_url
 
 #: A probe that waits longer than the container runtime's timeout is useless.
 PROBE_TIMEOUT = 2.0
 
-_ANY = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104 - a listen address, mapped away
-
 
 def readyz_url(listen: str) -> str:
-    """``HOST:PORT`` as ``--listen`` takes it -> the daemon's ``/readyz`` URL."""
+    """``HOST:PORT`` as ``--listen`` takes it -> the daemon's ``/readyz`` URL (on loopback
+    when it listens on every address)."""
     host, port = parse_listen(listen)
-    host = _ANY.get(host, host)
-    if host != "localhost" and ipaddress.ip_address(host).version == 6:
-        host = f"[{host}]"
-    return f"http://{host}:{port}/readyz"
+    shown = f"[{host}]" if ":" in host else host
+    return loopback_url(f"http://{shown}:{port}/readyz")
 
 
 def probe_ready(listen: str, timeout: float = PROBE_TIMEOUT) -> str | None:
