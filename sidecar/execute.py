@@ -23,8 +23,6 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-import jwt
-
 from sidecar.auth import read_token_file
 from sidecar.aws_files import profile_settings, write_child_files
 from sidecar.config import Config
@@ -33,6 +31,7 @@ from sidecar.daemon import Running
 from sidecar.fdlimit import restore_for_child
 from sidecar.refresher import Refresher
 from sidecar.secret import Secret
+from sidecar.tokens import audiences_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -123,13 +122,7 @@ def is_sts_token(value: str, audiences: Collection[str]) -> bool:
     with it, anyone could call AssumeRoleWithWebIdentity themselves."""
     if not value.startswith("eyJ") or len(value) > _MAX_JWT_CHARS or value.count(".") != 2:
         return False
-    try:
-        claims = jwt.decode(value, options={"verify_signature": False})
-    except jwt.PyJWTError:
-        return False
-    aud = claims.get("aud")
-    named = {aud} if isinstance(aud, str) else set(aud) if isinstance(aud, list) else set()
-    return bool(named & set(audiences))
+    return bool(set(audiences_of(value) or ()) & set(audiences))
 
 
 def child_environment(

@@ -120,6 +120,23 @@ def watch_for(source: TokenSource) -> TokenWatch | None:
     return source if isinstance(source, FileTokenSource) else None
 
 
+def _unverified_claims(value: str) -> dict[str, Any]:
+    """The payload of JWT ``value``, nothing verified (raises ``jwt.PyJWTError``/``ValueError``)."""
+    claims: dict[str, Any] = jwt.decode(
+        value, options={"verify_signature": False, "verify_exp": False, "verify_aud": False}
+    )
+    return claims
+
+
+def audiences_of(value: str) -> tuple[str, ...] | None:
+    """The audiences JWT ``value`` names (decoded, not verified); None if it is not a JWT
+    with a well-formed ``aud``."""
+    try:
+        return _audience_claim(_unverified_claims(value), "a JWT")
+    except (jwt.PyJWTError, ValueError, TokenError):
+        return None
+
+
 def inspect_token(
     value: str, origin: str, now: datetime, audience: str | None = None
 ) -> TokenClaims:
@@ -129,10 +146,7 @@ def inspect_token(
     malformed token is a ``TokenError`` naming the claim, never a crash.
     """
     try:
-        payload: dict[str, Any] = jwt.decode(
-            value,
-            options={"verify_signature": False, "verify_exp": False, "verify_aud": False},
-        )
+        payload = _unverified_claims(value)
     except (jwt.PyJWTError, ValueError) as exc:
         raise TokenError(
             f"{origin} does not hold a JWT ({exc}); it must contain an OIDC ID token "
