@@ -1,4 +1,5 @@
-"""Command line: ``serve``, ``exec -- COMMAND`` and ``inspect``. The only module that exits.
+"""Command line: ``serve``, ``exec -- COMMAND``, ``inspect``, ``health``, ``node-agent``.
+The only module that exits.
 
 Every flag can also come from an environment variable (listed in ``--help``), so
 containers can be configured without a command line.
@@ -15,9 +16,12 @@ import shlex
 import signal
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
+import urllib.parse
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 from sidecar import __version__
 from sidecar.config import (
@@ -30,14 +34,17 @@ from sidecar.config import (
     load_config,
     resolve_raw,
 )
+from sidecar.config.node_agent import NODE_SETTINGS, load_node_agent_config
 from sidecar.config.settings import LOG_LEVELS, TOKEN_SETTINGS, Setting
+from sidecar.core.errors import AuthTokenError, ConfigError, ListenError, SidecarError
 from sidecar.daemon import Running, running_daemon
 from sidecar.devmode.environment import DEV_REGION, DevEnvironment, dev_environment
-from sidecar.errors import AuthTokenError, ConfigError, ListenError, SidecarError
-from sidecar.execute import ExecSignals, loopback_url, prepare_environment, wait_ready
-from sidecar.health import probe_ready
-from sidecar.inspection import inspect
+from sidecar.devmode.pods import DevCluster, dev_cluster
+from sidecar.exchange.inspection import inspect
 from sidecar.logs import configure_logging
+from sidecar.node_agent import RunningAgent, add_listen_addresses, running_node_agent
+from sidecar.outputs.execute import ExecSignals, loopback_url, prepare_environment, wait_ready
+from sidecar.outputs.health import probe_ready
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # an unexpected error (a bug): the traceback is logged
@@ -102,6 +109,41 @@ def build_parser() -> argparse.ArgumentParser:
         "exit 0 on 200, 1 otherwise. Needs no tool in the image besides credential-sidecar.",
     )
     _add_settings(health_parser, [SETTINGS_BY_NAME["listen"]])
+    node_parser = commands.add_parser(
+        "node-agent",
+        help="one daemon per Kubernetes node: every pod gets its service account's role",
+        description="Serve every pod on this node the role its service account is associated "
+        "with, authenticated by the pod's projected service-account token (verified here "
+        "against the cluster issuer's keys) and exchanged with STS as the pod itself.",
+    )
+    for setting in NODE_SETTINGS:
+        default = f"; default {setting.default}" if setting.default is not None else ""
+        if setting.switch:
+            node_parser.add_argument(
+                setting.flag,
+                dest=setting.name,
+                action="store_const",
+                const="1",
+                help=f"{setting.help} [env {setting.env}=1]",
+            )
+        else:
+            node_parser.add_argument(
+                setting.flag,
+                dest=setting.name,
+                metavar="VALUE",
+                action="append" if setting.repeatable else "store",
+                help=f"{setting.help} [env {setting.env}{default}]",
+            )
+    token_parser = commands.add_parser(
+        "dev-pod-token",
+        help="print a pod token minted by `node-agent --dev`'s issuer",
+        description="Mint the token the kubelet would project into a pod of this service "
+        "account, from the issuer `node-agent --dev` prints (dev mode only).",
+    )
+    token_parser.add_argument("--namespace", required=True)
+    token_parser.add_argument("--service-account", required=True)
+    token_parser.add_argument("--issuer", required=True, help="the dev issuer URL it printed")
+    token_parser.add_argument("--ttl", type=float, default=3600.0, metavar="SECONDS")
     return parser
 
 
@@ -283,6 +325,11 @@ async def inspect_token(
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.command == "node-agent":
+        flags = {s.name: getattr(args, s.name, None) for s in NODE_SETTINGS}
+        sys.exit(_run(run_node_agent(flags, os.environ)))
+    if args.command == "dev-pod-token":
+        sys.exit(dev_pod_token(args.issuer, args.namespace, args.service_account, args.ttl))
     flags = {name: getattr(args, name, None) for name in SETTINGS_BY_NAME}
     if args.command == "inspect":
         sys.exit(asyncio.run(inspect_token(flags, os.environ, args.trust_policy)))
@@ -302,14 +349,96 @@ def main(argv: Sequence[str] | None = None) -> None:
     fmt = raw["log_format"][0] if raw["log_format"][0] in ("text", "json") else "text"
     level = raw["log_level"][0] if raw["log_level"][0] in LOG_LEVELS else "info"
     configure_logging(fmt or "text", level or "info")
+    if args.command == "exec":
+        sys.exit(_run(exec_child(flags, os.environ, child, args.wait)))
+    sys.exit(_run(serve(flags, os.environ)))
+
+
+def _run(main: Coroutine[Any, Any, int]) -> int:
     try:
-        if args.command == "exec":
-            code = asyncio.run(exec_child(flags, os.environ, child, args.wait))
-        else:
-            code = asyncio.run(serve(flags, os.environ))
+        return asyncio.run(main)
     except KeyboardInterrupt:  # a second Ctrl-C before handlers were installed
-        code = EXIT_OK
+        return EXIT_OK
     except Exception:
         log.exception("credential-sidecar failed unexpectedly", extra={"event": "crashed"})
-        code = EXIT_FAILURE
-    sys.exit(code)
+        return EXIT_FAILURE
+
+
+def node_agent_instructions(agent: RunningAgent, cluster: DevCluster) -> str:
+    url = agent.urls[0]
+    mint = (
+        f"credential-sidecar dev-pod-token --issuer {cluster.issuer_url} "
+        "--namespace payments --service-account api"
+    )
+    return "\n".join(
+        [
+            "",
+            "node agent dev mode: two service accounts, two roles "
+            f"({cluster.associations}). Be a pod of payments/api:",
+            "",
+            f"  {mint} > /tmp/pod-token",
+            f"  AWS_CONTAINER_CREDENTIALS_FULL_URI={url} \\",
+            "  AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=/tmp/pod-token \\",
+            f"  AWS_ENDPOINT_URL_STS={cluster.sts_url} AWS_REGION={DEV_REGION} \\",
+            "  aws sts get-caller-identity",
+            "",
+            "and of builds/ci: --namespace builds --service-account ci (another role).",
+            "",
+        ]
+    )
+
+
+async def run_node_agent(
+    flags: Mapping[str, str | Sequence[str] | None], environ: Mapping[str, str]
+) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with contextlib.AsyncExitStack() as stack:
+        cluster = None
+        if flags.get("dev") or environ.get("SIDECAR_NODE_DEV"):
+            cluster = await stack.enter_async_context(dev_cluster())
+        try:
+            config = load_node_agent_config(
+                flags, environ, cluster.overrides() if cluster else None
+            )
+        except ConfigError as exc:
+            print(f"credential-sidecar node-agent: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        configure_logging(config.log_format, config.log_level)
+        try:
+            if config.setup_addresses:
+                await add_listen_addresses(config)
+            agent = await stack.enter_async_context(running_node_agent(config))
+        except ConfigError as exc:
+            print(f"credential-sidecar node-agent: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        except ListenError as exc:
+            print(f"credential-sidecar node-agent: {exc}", file=sys.stderr)
+            return EXIT_LISTEN
+        loop.add_signal_handler(signal.SIGHUP, agent.reload)
+        if cluster is not None:
+            print(node_agent_instructions(agent, cluster), flush=True)
+        await stop.wait()
+        log.info("signal received, shutting down", extra={"event": "signal"})
+    return EXIT_OK
+
+
+def dev_pod_token(issuer: str, namespace: str, account: str, ttl: float) -> int:
+    """Print a pod token from the dev issuer (stdout: the token only)."""
+    query = urllib.parse.urlencode(
+        {"namespace": namespace, "service_account": account, "ttl": str(ttl)}
+    )
+    url = f"{issuer.rstrip('/')}/_dev/pod-token?{query}"
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print("credential-sidecar: --issuer must be the dev issuer on loopback", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
+            print(response.read(64 * 1024).decode())
+    except OSError as exc:
+        print(f"credential-sidecar: the dev issuer at {issuer} did not answer: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return EXIT_OK

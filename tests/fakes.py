@@ -14,10 +14,11 @@ from datetime import UTC, datetime, timedelta
 
 from prometheus_client import CollectorRegistry
 
+from sidecar.cache.refresher import Refresher
 from sidecar.config import RefreshPolicy
-from sidecar.credentials import Credentials
-from sidecar.metrics import Metrics
-from sidecar.refresher import Refresher
+from sidecar.core.credentials import Credentials
+from sidecar.core.metrics import Metrics
+from sidecar.sources.base import TokenSource, WebIdentityToken
 
 START_WALL = datetime(2026, 11, 21, 12, 0, 0, tzinfo=UTC)
 
@@ -125,6 +126,16 @@ def make_credentials(expiration: datetime, n: int = 1) -> Credentials:
     )
 
 
+class NoTokens:
+    """A token source for exchangers that never ask it (``FakeExchanger``)."""
+
+    async def fetch(self) -> WebIdentityToken:
+        raise AssertionError("FakeExchanger does not read tokens")
+
+
+NO_TOKENS = NoTokens()
+
+
 class FakeExchanger:
     """Plays a script of outcomes: a number (lifetime in s) issues credentials living that
     long by true time; an exception is raised. The last entry repeats forever."""
@@ -139,7 +150,7 @@ class FakeExchanger:
     def drop_cached(self) -> None:
         self.dropped += 1
 
-    async def exchange(self) -> Credentials:
+    async def exchange(self, tokens: TokenSource) -> Credentials:
         self.calls += 1
         if self.gate is not None:
             await self.gate.wait()
@@ -164,5 +175,8 @@ def fake_role(script: Iterable[float | BaseException] = (3600,), name: str = "de
     clock = FakeClock()
     metrics = Metrics(CollectorRegistry())
     exchanger = FakeExchanger(clock, script)
-    refresher = Refresher(name, exchanger, 3600, RefreshPolicy(), clock, metrics, random.Random(1))
+    refresher = Refresher(
+        name, exchanger, NO_TOKENS, 3600, RefreshPolicy(), clock, metrics, random.Random(1)
+    )
+    metrics.watch_role(refresher.status)
     return FakeRole(refresher, exchanger, clock, metrics)

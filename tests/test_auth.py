@@ -9,8 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.auth import RECHECK_SECONDS, AuthToken, ensure_token_file, read_token_file
-from sidecar.errors import AuthTokenError
+from sidecar.core.errors import AuthTokenError
+from sidecar.tenancy.auth_tokens import (
+    RECHECK_SECONDS,
+    AuthToken,
+    ensure_token_file,
+    read_token_file,
+)
 from tests.fakes import FakeClock, settle
 
 

@@ -11,14 +11,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from sidecar.chain import ChainExchanger, TemplateError, render, sanitize_session_name
-from sidecar.clock import SystemClock
-from sidecar.config import SESSION_NAME, HopConfig, RoleConfig, StsConfig, TokenSourceConfig
-from sidecar.credentials import Credentials
-from sidecar.errors import AccountNotAllowedError, StsError
-from sidecar.metrics import Metrics
-from sidecar.sts import StsClient
-from sidecar.tokens import FileTokenSource, TokenClaims
+from sidecar.config import SESSION_NAME, HopConfig, RoleConfig, StsConfig
+from sidecar.core.clock import SystemClock
+from sidecar.core.credentials import Credentials
+from sidecar.core.errors import AccountNotAllowedError, StsError
+from sidecar.core.metrics import Metrics
+from sidecar.exchange.chain import ChainExchanger, TemplateError, render, sanitize_session_name
+from sidecar.exchange.sts import StsClient
+from sidecar.sources.base import TokenClaims
+from sidecar.sources.file import FileSource, FileTokenSource
 from tests.peers import EmulatorThread
 
 A = "arn:aws:iam::123456789012:role/"
@@ -37,25 +38,26 @@ class Exchange:
     ) -> None:
         self.role = RoleConfig(
             "r",
-            TokenSourceConfig("file", path=token_path),
+            FileSource(token_path),
             tuple(hops),
             allowed_accounts=allowed,
             default_session_name="sidecar",
         )
         self.endpoint = endpoint
         self.token_path = token_path
+        self.tokens = FileTokenSource(token_path, SystemClock())
 
     async def __call__(self, times: int = 1) -> list[Credentials]:
         async with self.open() as exchanger:
-            return [await exchanger.exchange() for _ in range(times)]
+            return [await exchanger.exchange(self.tokens) for _ in range(times)]
 
     @contextlib.asynccontextmanager
     async def open(self) -> AsyncIterator[ChainExchanger]:
         """The exchanger, for tests that act between exchanges."""
         clock = SystemClock()
         config = StsConfig("us-east-1", self.endpoint, "regional")
-        async with StsClient(config, 5, Metrics(CollectorRegistry())) as sts:
-            yield ChainExchanger(self.role, FileTokenSource(self.token_path, clock), sts, clock)
+        async with StsClient(config, 5, Metrics(CollectorRegistry()), SystemClock()) as sts:
+            yield ChainExchanger(self.role, sts, clock)
 
 
 @pytest.fixture
@@ -138,10 +140,11 @@ async def test_dead_first_hop_is_dropped_and_the_chain_restarts(
     """Hop 2 refusing the kept first hop (revoked sessions): the chain restarts from the token."""
     hops = [HopConfig(A + "ci", 43200), HopConfig(A + "narrow")]
     web_before = emulator.calls("AssumeRoleWithWebIdentity")
-    async with Exchange(emulator.url, token_path, hops).open() as exchanger:
-        await exchanger.exchange()
+    exchange = Exchange(emulator.url, token_path, hops)
+    async with exchange.open() as exchanger:
+        await exchanger.exchange(exchange.tokens)
         emulator.add_fault(action="AssumeRole", error=code, status=403, count=1)
-        creds = await exchanger.exchange()
+        creds = await exchanger.exchange(exchange.tokens)
     assert creds.role_arn == A + "narrow"
     assert emulator.calls("AssumeRoleWithWebIdentity") - web_before == 2
 
@@ -152,11 +155,12 @@ async def test_refused_chain_does_not_keep_its_first_hop(
     """Hop 2 refusing a fresh first hop fails; the next attempt starts from the token again."""
     hops = [HopConfig(A + "ci", 43200), HopConfig(A + "narrow")]
     web_before = emulator.calls("AssumeRoleWithWebIdentity")
-    async with Exchange(emulator.url, token_path, hops).open() as exchanger:
+    exchange = Exchange(emulator.url, token_path, hops)
+    async with exchange.open() as exchanger:
         emulator.add_fault(action="AssumeRole", error="AccessDenied", status=403, count=1)
         with pytest.raises(StsError, match="AccessDenied"):
-            await exchanger.exchange()
-        await exchanger.exchange()
+            await exchanger.exchange(exchange.tokens)
+        await exchanger.exchange(exchange.tokens)
     assert emulator.calls("AssumeRoleWithWebIdentity") - web_before == 2
 
 
@@ -166,12 +170,13 @@ async def test_drop_cached_forces_the_whole_chain(
     """drop_cached (what SIGHUP calls) makes the next exchange start from the web identity."""
     hops = [HopConfig(A + "ci", 43200), HopConfig(A + "narrow")]
     web_before = emulator.calls("AssumeRoleWithWebIdentity")
-    async with Exchange(emulator.url, token_path, hops).open() as exchanger:
-        await exchanger.exchange()
-        await exchanger.exchange()
+    exchange = Exchange(emulator.url, token_path, hops)
+    async with exchange.open() as exchanger:
+        await exchanger.exchange(exchange.tokens)
+        await exchanger.exchange(exchange.tokens)
         assert emulator.calls("AssumeRoleWithWebIdentity") - web_before == 1
         exchanger.drop_cached()
-        await exchanger.exchange()
+        await exchanger.exchange(exchange.tokens)
     assert emulator.calls("AssumeRoleWithWebIdentity") - web_before == 2
 
 

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sidecar.errors import TokenError
-from sidecar.tokens import inspect_token
+from sidecar.core.errors import TokenError
+from sidecar.sources.base import inspect_token
 from tests.peers import clean_aws_env, run_sidecar
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from sidecar.clock import SLEEP_CHUNK, SystemClock
+from sidecar.core.clock import SLEEP_CHUNK, SystemClock
 from tests.fakes import FakeClock, settle
 
 

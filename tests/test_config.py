@@ -16,7 +16,10 @@ from sidecar.config import (
     parse_seconds,
 )
 from sidecar.config.checks import shown
-from sidecar.errors import ConfigError
+from sidecar.core.errors import ConfigError
+from sidecar.sources.env import EnvSource
+from sidecar.sources.file import FileSource
+from sidecar.sources.github import GithubSource
 
 ROLE = "arn:aws:iam::123456789012:role/ci"
 DEV_ROLE = "arn:aws:iam::111111111111:role/dev"
@@ -41,8 +44,7 @@ def test_sdk_environment_is_enough(token_file: Path) -> None:
     (role,) = config.roles
     assert config.default_role == role.name == "default"
     assert role.role_arn == ROLE
-    assert role.token.kind == "file"
-    assert role.token.path == token_file
+    assert role.token == FileSource(token_file)
     assert role.duration == 3600
     assert role.hops[0].session_name is None
     assert role.default_session_name.startswith("credential-sidecar-")
@@ -103,9 +105,9 @@ def test_dev_token_file_yields_to_a_token_source_flag(tmp_path: Path, token_file
     """--dev --token-env NAME uses that variable, not dev mode's token file."""
     supplied = Supplied(dev=dev_supply(tmp_path, token_file))
     (role,) = load_config({"dev": "1"}, {}, supplied).roles
-    assert (role.token.kind, role.token.path) == ("file", token_file)
+    assert role.token == FileSource(token_file)
     (role,) = load_config({"dev": "1", "token_env": "MY_JWT"}, {"MY_JWT": "a.b.c"}, supplied).roles
-    assert (role.token.kind, role.token.env_var) == ("env", "MY_JWT")
+    assert role.token == EnvSource("MY_JWT")
 
 
 def test_exec_supplies_a_private_auth_token_file_a_free_port_and_quiet_logs(
@@ -353,7 +355,8 @@ def test_github_token_url_must_be_https_unless_loopback(url: str, ok: bool) -> N
         "ACTIONS_ID_TOKEN_REQUEST_TOKEN": "request-token",
     }
     if ok:
-        assert load_config({}, environ).roles[0].token.github_url == url
+        token = load_config({}, environ).roles[0].token
+        assert isinstance(token, GithubSource) and token.url == url
         return
     with pytest.raises(ConfigError, match="ACTIONS_ID_TOKEN_REQUEST_URL=") as caught:
         load_config({}, environ)

@@ -7,7 +7,12 @@ from pathlib import Path
 import pytest
 
 from sidecar.config import Config, Supplied, config_warnings, load_config
-from sidecar.errors import ConfigError
+from sidecar.core.errors import ConfigError
+from sidecar.sources.command import CommandSource
+from sidecar.sources.env import EnvSource
+from sidecar.sources.file import FileSource
+from sidecar.sources.github import GithubSource
+from sidecar.sources.registry import kind_of
 
 A = "arn:aws:iam::123456789012:role/"
 
@@ -36,9 +41,10 @@ def test_token_source_detection(token_file: Path) -> None:
     ]
     for extra, kind in cases:
         (role,) = load_config({}, {**base, **extra}).roles
-        assert role.token.kind == kind, extra
-    command = load_config({}, {**base, **cases[3][0]}).roles[0].token.command
-    assert command == ("buildkite-agent", "oidc", "request-token", "--audience", "sts")
+        assert kind_of(role.token).name == kind, extra
+    token = load_config({}, {**base, **cases[3][0]}).roles[0].token
+    assert isinstance(token, CommandSource)
+    assert token.argv == ("buildkite-agent", "oidc", "request-token", "--audience", "sts")
 
 
 def test_github_request_token_is_secret() -> None:
@@ -51,8 +57,9 @@ def test_github_request_token_is_secret() -> None:
     }
     config = load_config({}, env)
     assert "very-secret-request-token" not in repr(config)
-    assert config.roles[0].token.github_token is not None
-    assert config.roles[0].token.github_token.reveal() == "very-secret-request-token"
+    token = config.roles[0].token
+    assert isinstance(token, GithubSource)
+    assert token.request_token.reveal() == "very-secret-request-token"
 
 
 def test_token_source_problems() -> None:
@@ -216,8 +223,8 @@ token = {{ source = "env", env = "OTHER_TOKEN", audience = "gitlab" }}
         OTHER_TOKEN="a.b.c",
     )
     a, b = config.roles
-    assert a.token.kind == "file"
-    assert (b.token.kind, b.token.env_var, b.token.audience) == ("env", "OTHER_TOKEN", "gitlab")
+    assert isinstance(a.token, FileSource)
+    assert b.token == EnvSource("OTHER_TOKEN", "gitlab")
     assert config.default_role is None  # two roles, none marked
 
 

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.credentials import format_expiration, mask_key_id, render_container_json
+from sidecar.core.credentials import format_expiration, mask_key_id
+from sidecar.outputs.endpoint import render_container_json
 from tests.fakes import make_credentials
 
 EXPIRATION = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")

@@ -15,8 +15,8 @@ from prometheus_client import CollectorRegistry
 
 from sidecar import __version__
 from sidecar.config import SETTINGS
+from sidecar.core.metrics import Metrics
 from sidecar.devmode.issuer import OidcIssuer
-from sidecar.metrics import Metrics
 from tests.peers import REPO, EmulatorThread, daemon, emulator_args, run_sidecar
 from tests.render_kustomize import render
 

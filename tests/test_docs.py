@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 
 from sidecar.config import SETTINGS
-from sidecar.metrics import Metrics
+from sidecar.core.metrics import Metrics
 from tests.peers import REPO
 
 README = (REPO / "README.md").read_text()

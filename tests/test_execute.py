@@ -9,15 +9,15 @@ from pathlib import Path
 import jwt as pyjwt
 import pytest
 
-from sidecar.aws_files import MAX_CONFIG_BYTES, profile_settings, write_child_files
 from sidecar.config import load_config
-from sidecar.execute import (
+from sidecar.core.secret import Secret
+from sidecar.outputs.aws_files import MAX_CONFIG_BYTES, profile_settings, write_child_files
+from sidecar.outputs.execute import (
     ChildEndpoint,
     child_environment,
     daemon_token_variables,
     loopback_url,
 )
-from sidecar.secret import Secret
 
 URL = "http://127.0.0.1:4000/v1/credentials"
 FILES = {"AWS_CONFIG_FILE": "/p/aws-config", "AWS_SHARED_CREDENTIALS_FILE": "/p/c"}

@@ -22,13 +22,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sidecar.auth import AuthToken
 from sidecar.config.model import ListenerLimits
-from sidecar.daemon import _listen
-from sidecar.imds import create_imds_app
-from sidecar.listener import ListenerGuard
 from sidecar.logs import JsonFormatter, TextFormatter
-from sidecar.server import RoleEndpoint, create_app
+from sidecar.outputs.endpoint import create_app
+from sidecar.outputs.imds import create_imds_app
+from sidecar.outputs.listener import ListenerGuard
+from sidecar.outputs.serving import listen
+from sidecar.tenancy.auth_tokens import AuthToken
+from sidecar.tenancy.static import StaticRole, StaticTenancy
 from tests.fakes import fake_role, settle
 
 AUTH_TOKEN = "fuzz-auth-token-7f3a9c0d5e2b4a61"
@@ -110,15 +111,17 @@ class Listeners:
         assert refresher.status().ready
         token_path = self._tmp / "auth-token"
         token_path.write_text(AUTH_TOKEN)
-        endpoint = RoleEndpoint(refresher, AuthToken.from_file(token_path))
+        endpoint = StaticRole(refresher, AuthToken.from_file(token_path))
         apps = {
-            "credentials": create_app({"default": endpoint}, "default", metrics, 0.05),
+            "credentials": create_app(
+                StaticTenancy({"default": endpoint}, "default"), metrics, 0.05
+            ),
             "imds": create_imds_app(refresher, ROLE_ARN, metrics, 0.05),
         }
         async with contextlib.AsyncExitStack() as stack:
             for name, app in apps.items():
                 guard = ListenerGuard(LIMITS, name)
-                _, port = await _listen(stack, app, "127.0.0.1", 0, "--listen", guard)
+                _, port = await listen(stack, app, "127.0.0.1", 0, "--listen", guard)
                 self.ports[name] = port
             self._ready.set()
             await self._stop.wait()

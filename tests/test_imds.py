@@ -12,8 +12,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.imds import SessionTokens, create_imds_app
-from sidecar.refresher import Refresher
+from sidecar.cache.refresher import Refresher
+from sidecar.outputs.imds import SessionTokens, create_imds_app
 from tests.fakes import FakeClock, fake_role, settle
 
 ROLE = "arn:aws:iam::123456789012:role/path/build-role"

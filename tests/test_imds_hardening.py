@@ -10,14 +10,15 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from sidecar.cache.refresher import Refresher
 from sidecar.config import config_warnings, load_config
 from sidecar.config.settings import is_local_address
-from sidecar.errors import ConfigError
-from sidecar.imds import create_imds_app
-from sidecar.metrics import Metrics
-from sidecar.rebinding import host_allowed
-from sidecar.refresher import Refresher
-from sidecar.server import RoleEndpoint, create_app
+from sidecar.core.errors import ConfigError
+from sidecar.core.metrics import Metrics
+from sidecar.outputs.endpoint import create_app
+from sidecar.outputs.imds import create_imds_app
+from sidecar.outputs.rebinding import host_allowed
+from sidecar.tenancy.static import StaticRole, StaticTenancy
 from tests.fakes import fake_role, settle
 
 ROLE = "arn:aws:iam::123456789012:role/build"
@@ -49,7 +50,10 @@ async def imds() -> AsyncIterator[Client]:
 async def no_auth() -> AsyncIterator[Client]:
     refresher, metrics, task = await _refresher()
     app = create_app(
-        {"default": RoleEndpoint(refresher, None)}, "default", metrics, 0.2, check_host=True
+        StaticTenancy({"default": StaticRole(refresher, None)}, "default"),
+        metrics,
+        0.2,
+        check_host=True,
     )
     client = TestClient(TestServer(app, host="127.0.0.1"))
     await client.start_server()

@@ -18,20 +18,20 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from sidecar import fdlimit
 from sidecar.config import load_config
 from sidecar.config.model import ListenerLimits
-from sidecar.daemon import _listen
-from sidecar.errors import ConfigError
-from sidecar.fdlimit import raise_open_file_limit
-from sidecar.listener import (
+from sidecar.core.errors import ConfigError
+from sidecar.logs import JsonFormatter, TextFormatter
+from sidecar.outputs import fdlimit
+from sidecar.outputs.fdlimit import raise_open_file_limit
+from sidecar.outputs.listener import (
     ACCEPT_ERROR,
     AcceptErrorThrottle,
     ConnectionCounter,
     ListenerGuard,
     fit_to_fd_limit,
 )
-from sidecar.logs import JsonFormatter, TextFormatter
+from sidecar.outputs.serving import listen
 from tests.fakes import FakeClock
 
 SECRET = "s3cret-auth-token-0123456789abcdef"
@@ -114,7 +114,7 @@ async def serving(**limits: float) -> AsyncIterator[Served]:
     app.router.add_get("/ok", ok)
     guard = ListenerGuard(ListenerLimits(**limits))  # type: ignore[arg-type]
     async with contextlib.AsyncExitStack() as stack:
-        _, port = await _listen(stack, app, "127.0.0.1", 0, "--listen", guard)
+        _, port = await listen(stack, app, "127.0.0.1", 0, "--listen", guard)
         yield Served(guard, port)
 
 
@@ -285,7 +285,7 @@ async def test_handler_crash_is_json_500_without_the_exception_text(captured: Ca
     app.router.add_get("/broken", broken)
     async with contextlib.AsyncExitStack() as stack:
         guard = ListenerGuard(ListenerLimits())
-        _, port = await _listen(stack, app, "127.0.0.1", 0, "--listen", guard)
+        _, port = await listen(stack, app, "127.0.0.1", 0, "--listen", guard)
         raw = b"GET /broken HTTP/1.1\r\nHost: x\r\nAuthorization: " + SECRET.encode() + b"\r\n\r\n"
         answer = await Served(guard, port).exchange(raw)
     assert status_of(answer) == 500

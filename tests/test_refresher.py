@@ -12,11 +12,14 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from sidecar.cache.refresher import REFRESH_REQUEST_DEBOUNCE, TOKEN_WATCH_INTERVAL, Refresher
 from sidecar.config import RefreshPolicy
-from sidecar.errors import Disposition, StsError, TokenError
-from sidecar.metrics import Metrics
-from sidecar.refresher import REFRESH_REQUEST_DEBOUNCE, TOKEN_WATCH_INTERVAL, Refresher
-from tests.fakes import FakeClock, FakeExchanger, settle
+from sidecar.core.errors import Disposition, StsError, TokenError
+from sidecar.core.metrics import Metrics
+from sidecar.outputs.endpoint import render_container_json
+from sidecar.outputs.rendered import Rendered
+from sidecar.sources.base import WebIdentityToken
+from tests.fakes import NO_TOKENS, FakeClock, FakeExchanger, settle
 
 HOUR = 3600.0
 
@@ -48,6 +51,7 @@ async def make() -> AsyncIterator[Factory]:
         refresher = Refresher(
             "default",
             exchanger,
+            options.pop("token_watch", NO_TOKENS),
             duration,
             policy or RefreshPolicy(),
             clock,
@@ -261,14 +265,21 @@ async def test_unexpected_exception_does_not_stop_refreshing(make: Factory) -> N
 
 
 async def test_rendered_body_matches_credentials(make: Factory) -> None:
-    """The snapshot's body is rendered once from its credentials."""
+    """The endpoint renders a snapshot's body once, from its credentials, and renders the
+    next snapshot afresh."""
     refresher, _, _ = make([3600])
     await settle()
     snap = refresher.servable()
     assert snap is not None
-    body = json.loads(snap.body)
-    assert body["AccessKeyId"] == snap.credentials.access_key_id
+    rendered = Rendered(lambda s: render_container_json(s.credentials))
+    body = rendered(snap)
+    assert rendered(snap) is body
+    assert json.loads(body)["AccessKeyId"] == snap.credentials.access_key_id
     assert "secret" not in repr(snap)
+    await refresher.refresh()
+    fresh = refresher.servable()
+    assert fresh is not None and fresh is not snap
+    assert json.loads(rendered(fresh))["AccessKeyId"] == fresh.credentials.access_key_id
 
 
 def metric(refresher: Refresher, name: str, **labels: str) -> float:
@@ -379,6 +390,9 @@ class FakeWatch:
 
     def last_read(self) -> Hashable | None:
         return self.read
+
+    async def fetch(self) -> WebIdentityToken:
+        raise AssertionError("FakeExchanger does not read tokens")
 
     read: Hashable | None = None
 

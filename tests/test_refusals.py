@@ -13,10 +13,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from sidecar.auth import AuthToken
 from sidecar.config.model import ServerConfig
-from sidecar.ratelimit import FailureLimiter
-from sidecar.server import LogThrottle, RoleEndpoint, create_app, log_refusal
+from sidecar.outputs.endpoint import create_app
+from sidecar.outputs.http import LogThrottle, log_refusal
+from sidecar.outputs.ratelimit import FailureLimiter
+from sidecar.tenancy.auth_tokens import AuthToken
+from sidecar.tenancy.static import StaticRole, StaticTenancy
 from tests.fakes import FakeClock, FakeExchanger, fake_role, settle
 
 TOKEN = "t0ken-for-tests-0123456789abcdef"
@@ -122,10 +124,9 @@ async def serve(
     role = fake_role()
     clock, metrics, refresher, exchanger = role.clock, role.metrics, role.refresher, role.exchanger
     (tmp_path / "auth").write_text(TOKEN)
-    endpoint = RoleEndpoint(refresher, AuthToken.from_file(tmp_path / "auth"))
+    endpoint = StaticRole(refresher, AuthToken.from_file(tmp_path / "auth"))
     app = create_app(
-        {"default": endpoint},
-        "default",
+        StaticTenancy({"default": endpoint}, "default"),
         metrics,
         cold_start_wait,
         limiter=FailureLimiter(limiter_rate, burst, clock.monotonic),

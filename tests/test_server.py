@@ -12,10 +12,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from sidecar.auth import AuthToken
-from sidecar.errors import Disposition, StsError
-from sidecar.refresher import Refresher
-from sidecar.server import LogThrottle, RoleEndpoint, create_app
+from sidecar.cache.refresher import Refresher
+from sidecar.core.errors import Disposition, StsError
+from sidecar.outputs.endpoint import create_app
+from sidecar.outputs.http import LogThrottle
+from sidecar.tenancy.auth_tokens import AuthToken
+from sidecar.tenancy.static import StaticRole, StaticTenancy
 from tests.fakes import FakeClock, FakeExchanger, fake_role, settle
 
 TOKEN = "t0ken-for-tests-0123456789abcdef"
@@ -40,8 +42,8 @@ async def harness(
     clock, metrics, refresher, exchanger = role.clock, role.metrics, role.refresher, role.exchanger
     token_path = tmp_path / "auth"
     token_path.write_text(TOKEN)
-    endpoint = RoleEndpoint(refresher, AuthToken.from_file(token_path) if auth else None)
-    app = create_app({"default": endpoint}, "default", metrics, cold_start_wait)
+    endpoint = StaticRole(refresher, AuthToken.from_file(token_path) if auth else None)
+    app = create_app(StaticTenancy({"default": endpoint}, "default"), metrics, cold_start_wait)
     client = TestClient(TestServer(app, host="127.0.0.1"))
     await client.start_server()
     return Harness(client, refresher, exchanger, clock, asyncio.create_task(refresher.run()))
@@ -236,11 +238,11 @@ async def test_audit_line_keeps_only_the_start_of_a_user_agent(
     task = asyncio.create_task(role.refresher.run())
     await settle()
     (tmp_path / "auth").write_text(TOKEN)
-    endpoint = RoleEndpoint(role.refresher, AuthToken.from_file(tmp_path / "auth"))
-    app = create_app({"default": endpoint}, "default", role.metrics, 0.2, audit=True)
+    endpoint = StaticRole(role.refresher, AuthToken.from_file(tmp_path / "auth"))
+    app = create_app(StaticTenancy({"default": endpoint}, "default"), role.metrics, 0.2, audit=True)
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         headers = {"Authorization": TOKEN, "User-Agent": "aws-sdk/1 " + "x" * 4000}
-        caplog.set_level("INFO", logger="sidecar.server")
+        caplog.set_level("INFO", logger="sidecar.outputs.endpoint")
         response = await client.get("/v1/credentials", headers=headers)
         assert response.status == 200
     task.cancel()

@@ -8,15 +8,16 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from sidecar.chain import ChainExchanger
-from sidecar.clock import SystemClock
-from sidecar.config import HopConfig, RoleConfig, StsConfig, TokenSourceConfig
-from sidecar.credentials import Credentials
-from sidecar.diagnosis import SKEW_TOLERANCE, classify, explain, short_lifetime
-from sidecar.errors import Disposition, StsError
-from sidecar.metrics import Metrics
-from sidecar.sts import StsClient
-from sidecar.tokens import FileTokenSource, TokenClaims
+from sidecar.config import HopConfig, RoleConfig, StsConfig
+from sidecar.core.clock import SystemClock
+from sidecar.core.credentials import Credentials
+from sidecar.core.errors import Disposition, StsError
+from sidecar.core.metrics import Metrics
+from sidecar.exchange.chain import ChainExchanger
+from sidecar.exchange.diagnosis import SKEW_TOLERANCE, classify, explain, short_lifetime
+from sidecar.exchange.sts import StsClient
+from sidecar.sources.base import TokenClaims
+from sidecar.sources.file import FileSource, FileTokenSource
 from tests.peers import EmulatorThread
 
 ROLE_ARN = "arn:aws:iam::123456789012:role/ci"
@@ -31,14 +32,12 @@ async def exchange(
 ) -> Credentials:
     path = tmp_path / "token"
     path.write_text(token)
-    role = RoleConfig(
-        "default", TokenSourceConfig("file", path=path), (HopConfig(ROLE_ARN, 3600, "sess"),)
-    )
+    role = RoleConfig("default", FileSource(path), (HopConfig(ROLE_ARN, 3600, "sess"),))
     config = StsConfig("us-east-1", endpoint or emulator.url, "regional")
     clock = SystemClock()
-    async with StsClient(config, timeout, Metrics(CollectorRegistry())) as sts:
+    async with StsClient(config, timeout, Metrics(CollectorRegistry()), SystemClock()) as sts:
         tokens = FileTokenSource(path, clock)
-        return await ChainExchanger(role, tokens, sts, clock).exchange()
+        return await ChainExchanger(role, sts, clock).exchange(tokens)
 
 
 async def test_exchange_returns_credentials(emulator: EmulatorThread, tmp_path: Path) -> None:
@@ -179,7 +178,7 @@ async def test_endpoint_resolution(
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     config = StsConfig(region, None, regional)
-    async with StsClient(config, 5, Metrics(CollectorRegistry())) as sts:
+    async with StsClient(config, 5, Metrics(CollectorRegistry()), SystemClock()) as sts:
         assert sts.endpoint == expected
 
 
@@ -189,15 +188,13 @@ async def test_clock_skew_is_measured_from_the_date_header(
     """Each STS answer's Date header gives the clock skew, exported as a gauge."""
     path = tmp_path / "token"
     path.write_text(emulator.issuer.mint())
-    role = RoleConfig(
-        "default", TokenSourceConfig("file", path=path), (HopConfig(ROLE_ARN, 3600, "sess"),)
-    )
+    role = RoleConfig("default", FileSource(path), (HopConfig(ROLE_ARN, 3600, "sess"),))
     registry = CollectorRegistry()
     config = StsConfig("us-east-1", emulator.url, "regional")
     clock = SystemClock()
-    async with StsClient(config, 5, Metrics(registry)) as sts:
+    async with StsClient(config, 5, Metrics(registry), SystemClock()) as sts:
         assert sts.clock_skew is None
-        await ChainExchanger(role, FileTokenSource(path, clock), sts, clock).exchange()
+        await ChainExchanger(role, sts, clock).exchange(FileTokenSource(path, clock))
         skew = sts.clock_skew
     assert skew is not None
     assert abs(skew) < SKEW_TOLERANCE  # the emulator shares our clock

@@ -17,14 +17,17 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from sidecar import fdlimit
-from sidecar.bounded_command import run_bounded
-from sidecar.clock import SystemClock
+from sidecar.core.bounded_command import run_bounded
+from sidecar.core.clock import SystemClock
+from sidecar.core.errors import TokenError
+from sidecar.core.safe_read import OffLoopReader, read_small_file
 from sidecar.devmode.issuer import OidcIssuer
-from sidecar.errors import TokenError
-from sidecar.fdlimit import raise_open_file_limit
-from sidecar.safe_read import OffLoopReader, read_small_file
-from sidecar.tokens import CommandTokenSource, EnvTokenSource, FileTokenSource, GithubTokenSource
+from sidecar.outputs import fdlimit
+from sidecar.outputs.fdlimit import raise_open_file_limit
+from sidecar.sources.command import CommandTokenSource
+from sidecar.sources.env import EnvTokenSource
+from sidecar.sources.file import FileTokenSource
+from sidecar.sources.github import GithubTokenSource
 
 ISSUER = OidcIssuer("https://oidc.example/ci")
 REQUEST_TOKEN = "ghs_request-token-0123456789"
@@ -144,7 +147,7 @@ def test_stuck_reader_does_not_hold_up_process_exit() -> None:
     """A process whose off-loop read never returns still exits when its loop finishes."""
     script = (
         "import asyncio, threading\n"
-        "from sidecar.safe_read import OffLoopReader\n"
+        "from sidecar.core.safe_read import OffLoopReader\n"
         "async def main():\n"
         "    try:\n"
         "        await OffLoopReader('x', timeout=0.1).run(threading.Event().wait, RuntimeError)\n"

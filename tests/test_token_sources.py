@@ -13,10 +13,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from sidecar.clock import SystemClock
+from sidecar.core.clock import SystemClock
+from sidecar.core.errors import Disposition, TokenError, TokenExpiredError
 from sidecar.devmode.issuer import OidcIssuer
-from sidecar.errors import Disposition, TokenError, TokenExpiredError
-from sidecar.tokens import CommandTokenSource, EnvTokenSource, GithubTokenSource, inspect_token
+from sidecar.sources.base import inspect_token
+from sidecar.sources.command import CommandTokenSource
+from sidecar.sources.env import EnvTokenSource
+from sidecar.sources.github import GithubTokenSource
 
 ISSUER = OidcIssuer("https://token.actions.githubusercontent.com")
 REQUEST_TOKEN = "ghs_request-token-0123456789"

@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.clock import SystemClock
+from sidecar.core.clock import SystemClock
+from sidecar.core.errors import TokenError
 from sidecar.devmode.issuer import OidcIssuer
-from sidecar.errors import TokenError
-from sidecar.tokens import MAX_TOKEN_BYTES, EnvTokenSource, FileTokenSource, watch_for
+from sidecar.sources.base import MAX_TOKEN_BYTES
+from sidecar.sources.env import EnvTokenSource
+from sidecar.sources.file import FileTokenSource
+from sidecar.sources.registry import watch_for
 
 
 def source(path: Path) -> FileTokenSource:

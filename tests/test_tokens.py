@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.clock import SystemClock
+from sidecar.core.clock import SystemClock
+from sidecar.core.errors import TokenError
 from sidecar.devmode.issuer import OidcIssuer
 from sidecar.devmode.token_writer import ProjectedTokenWriter
-from sidecar.errors import TokenError
-from sidecar.tokens import FileTokenSource
+from sidecar.sources.file import FileTokenSource
 
 ISSUER = OidcIssuer("https://oidc.example/ci")
 

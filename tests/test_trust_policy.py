@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from sidecar.devmode.issuer import OidcIssuer
-from sidecar.tokens import TokenClaims, inspect_token
-from sidecar.trust_policy import check, check_token
+from sidecar.exchange.trust_policy import check, check_token
+from sidecar.sources.base import TokenClaims, inspect_token
 from tests.peers import run_sidecar
 
 GH = "token.actions.githubusercontent.com"

@@ -25,7 +25,6 @@ from sidecar.config.model import (
     RoleConfig,
     ServerConfig,
     StsConfig,
-    TokenSourceConfig,
 )
 from sidecar.config.settings import (
     CHAINED_MAX_DURATION,
@@ -58,7 +57,6 @@ __all__ = [
     "ServerConfig",
     "StsConfig",
     "Supplied",
-    "TokenSourceConfig",
     "config_warnings",
     "dev_requested",
     "load_config",

@@ -12,22 +12,29 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from sidecar.config.model import RoleConfig, TokenSourceConfig
+from sidecar.config.model import RoleConfig
 from sidecar.config.settings import (
     ACCOUNT_ID,
     CHAINED_MAX_DURATION,
     CI_TOKEN_VARIABLES,
-    DEFAULT_AUDIENCE,
     MAX_DURATION,
     MIN_DURATION,
     ROLE_ARN,
     SESSION_NAME,
-    TOKEN_SOURCES,
     Raw,
     is_template,
     parse_seconds,
 )
-from sidecar.secret import Secret, holds_token, looks_like_token
+from sidecar.core.secret import Secret, holds_token, looks_like_token
+from sidecar.sources.base import DEFAULT_AUDIENCE
+from sidecar.sources.command import CommandSource
+from sidecar.sources.env import EnvSource
+from sidecar.sources.file import FileSource
+from sidecar.sources.github import GithubSource
+from sidecar.sources.registry import KIND_NAMES, TokenSourceConfig
+
+#: What a role gets while its token settings are wrong (a ConfigError follows anyway).
+_NO_SOURCE = FileSource(Path())
 
 
 def shown(value: object) -> str:
@@ -163,19 +170,19 @@ class Checker:
                 "AWS_WEB_IDENTITY_TOKEN_FILE (or --token-env, --token-command, "
                 "--token-source github)"
             )
-            return TokenSourceConfig("file")
-        if kind not in TOKEN_SOURCES:
+            return _NO_SOURCE
+        if kind not in KIND_NAMES:
             self.add(
-                f"{raw['token_source'][1]}={shown(kind)} must be one of {', '.join(TOKEN_SOURCES)}"
+                f"{raw['token_source'][1]}={shown(kind)} must be one of {', '.join(KIND_NAMES)}"
             )
-            return TokenSourceConfig("file")
+            return _NO_SOURCE
         timeout = self.seconds(
             raw["token_command_timeout"][0] or "10s", raw["token_command_timeout"][1], 0.1, 600
         )
         if kind == "file":
             if not path_text:
                 self.add("--token-source file needs --token-file (or AWS_WEB_IDENTITY_TOKEN_FILE)")
-                return TokenSourceConfig("file")
+                return _NO_SOURCE
             path = Path(path_text)
             if looks_like_token(path_text):
                 self.add(
@@ -190,7 +197,7 @@ class Checker:
                     "mounted OIDC token (e.g. /var/run/secrets/eks.amazonaws.com/"
                     "serviceaccount/token)"
                 )
-            return TokenSourceConfig("file", audience, path=path)
+            return FileSource(path, audience)
         if kind == "env":
             if env_var and looks_like_token(env_var):
                 self.add(
@@ -202,7 +209,7 @@ class Checker:
                 self.add(f"--token-source env needs --token-env NAME (got {shown(env_var)})")
             elif not environ.get(env_var):
                 self.add(f"environment variable {env_var} (--token-env) is not set or empty")
-            return TokenSourceConfig("env", audience, env_var=env_var)
+            return EnvSource(env_var or "", audience)
         if kind == "command":
             try:
                 argv = tuple(shlex.split(command_text or ""))
@@ -211,7 +218,7 @@ class Checker:
                 argv = ()
             if not argv:
                 self.add("--token-source command needs --token-command 'PROGRAM ARGS...'")
-            return TokenSourceConfig("command", audience, command=argv, command_timeout=timeout)
+            return CommandSource(argv, timeout, audience)
         url = environ.get("ACTIONS_ID_TOKEN_REQUEST_URL", "")
         request_token = environ.get("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "")
         if not url or not request_token:
@@ -222,9 +229,7 @@ class Checker:
             )
         else:
             self.github_url(url)
-        return TokenSourceConfig(
-            "github", audience, github_url=url, github_token=Secret(request_token)
-        )
+        return GithubSource(url, Secret(request_token), audience)
 
     def github_url(self, url: str) -> None:
         """https:// only (the request token is a bearer secret), except on loopback."""

@@ -141,7 +141,7 @@ def _strings(value: Any, where: str, check: Checker) -> tuple[str, ...]:
     return ()
 
 
-def _hop(table: Any, where: str, first: bool, check: Checker) -> HopConfig:
+def hop_config(table: Any, where: str, first: bool, check: Checker) -> HopConfig:
     if not isinstance(table, dict):
         check.add(f"{where} must be a table")
         return HopConfig("")
@@ -208,13 +208,15 @@ def _role(
         if not hop_tables:
             check.add(f"{where}.hops must be a non-empty array of tables ([[roles.{name}.hops]])")
             return None
-        hops = tuple(_hop(h, f"{where}.hops[{i}]", i == 0, check) for i, h in enumerate(hop_tables))
+        hops = tuple(
+            hop_config(h, f"{where}.hops[{i}]", i == 0, check) for i, h in enumerate(hop_tables)
+        )
     else:
         single = {k: v for k, v in table.items() if k in HOP_KEYS}
         if "role_arn" not in single:
             check.add(f"{where} needs role_arn (or hops)")
             return None
-        hops = (_hop(single, where, True, check),)
+        hops = (hop_config(single, where, True, check),)
 
     role_raw = dict(raw)
     if "token" in table:

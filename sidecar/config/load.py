@@ -38,8 +38,9 @@ from sidecar.config.settings import (
     split_list,
     truthy,
 )
-from sidecar.errors import ConfigError
-from sidecar.secret import holds_token
+from sidecar.core.errors import ConfigError
+from sidecar.core.secret import holds_token
+from sidecar.sources.registry import kind_of
 
 #: exec's defaults: a free loopback port, and only warnings on the stderr it shares.
 EXEC_DEFAULTS = {"listen": "127.0.0.1:0", "log_level": "warning"}
@@ -384,9 +385,9 @@ def config_warnings(config: Config) -> list[str]:
                 )
                 + "Raise --duration (and the role's MaxSessionDuration) if you can."
             )
-        if role.token.kind == "env":
+        if not kind_of(role.token).renewable:
             warnings.append(
-                f"role {role.name}: the token in {role.token.env_var} cannot be renewed; "
+                f"role {role.name}: its {kind_of(role.token).name} token cannot be renewed; "
                 "credentials stop refreshing once it expires"
             )
     if config.server.imds_host is not None:

@@ -5,20 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sidecar.config.settings import DEFAULT_AUDIENCE
-from sidecar.secret import Secret
-
-
-@dataclass(frozen=True)
-class TokenSourceConfig:
-    kind: str
-    audience: str = DEFAULT_AUDIENCE
-    path: Path | None = None
-    env_var: str | None = None
-    command: tuple[str, ...] = ()
-    command_timeout: float = 10.0
-    github_url: str | None = None
-    github_token: Secret | None = None
+from sidecar.sources.registry import TokenSourceConfig
 
 
 @dataclass(frozen=True)
@@ -76,6 +63,8 @@ class RefreshPolicy:
     slow_retry: float = 300
     attempt_timeout: float = 10
     cold_start_wait: float = 0.8
+    #: Refresh up to this fraction of the refresh-ahead time earlier, at random.
+    refresh_jitter: float = 0.0
 
     def refresh_ahead(self, lifetime: float) -> float:
         """Seconds before expiry at which a session of ``lifetime`` seconds is renewed.

@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sidecar.sources.base import DEFAULT_AUDIENCE
+
 ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 POLICY_ARN = re.compile(r"^arn:aws[a-z-]*:iam::(\d{12}|aws):policy/[\w+=,.@/-]{1,512}$")
 SESSION_NAME = re.compile(r"^[\w+=,.@-]{2,64}$")
@@ -27,7 +29,6 @@ LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 REGIONAL_ENDPOINTS = ("regional", "legacy")
 TOKEN_SOURCES = ("file", "github", "env", "command")
-DEFAULT_AUDIENCE = "sts.amazonaws.com"
 #: CI variables holding a ready token, auto-detected when exactly one is present.
 CI_TOKEN_VARIABLES = ("CIRCLE_OIDC_TOKEN_V2", "BITBUCKET_STEP_OIDC_TOKEN")
 

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import socket
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,9 +73,12 @@ async def _rotate(writer: ProjectedTokenWriter, issuer: OidcIssuer, ttl: float) 
 
 @contextlib.asynccontextmanager
 async def serve_emulator(
-    host: str = "127.0.0.1", port: int = 0
+    host: str = "127.0.0.1",
+    port: int = 0,
+    extra_routes: Callable[[OidcIssuer], web.RouteDef] | None = None,
 ) -> AsyncIterator[tuple[str, OidcIssuer, StsEmulator]]:
-    """An issuer and an emulator that trusts it, on one listener: (base URL, issuer, STS)."""
+    """An issuer and an emulator that trusts it, on one listener: (base URL, issuer, STS);
+    ``extra_routes`` adds a route built on the issuer (the node agent's dev minting)."""
     sock = socket.create_server((host, port))
     base = f"http://{host}:{sock.getsockname()[1]}"
     issuer = OidcIssuer(f"{base}/oidc")
@@ -83,6 +86,8 @@ async def serve_emulator(
     emulator.trust_issuer(issuer.url, issuer.public_key)
     app = web.Application()
     app.add_routes(emulator.routes() + _issuer_routes(issuer))
+    if extra_routes is not None:
+        app.add_routes([extra_routes(issuer)])
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
     try:

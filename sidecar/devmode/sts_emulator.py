@@ -32,7 +32,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from sidecar.config import MAX_DURATION, MIN_DURATION, ROLE_ARN, SESSION_NAME
-from sidecar.credentials import format_expiration
+from sidecar.core.credentials import format_expiration
 from sidecar.devmode import sigv4
 from sidecar.devmode.issuer import DEFAULT_AUDIENCE
 

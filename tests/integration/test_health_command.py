@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from sidecar.health import readyz_url
+from sidecar.outputs.health import readyz_url
 from tests.peers import daemon, run_sidecar
 
 

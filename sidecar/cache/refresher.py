@@ -30,18 +30,24 @@ import contextlib
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sidecar.clock import Clock
 from sidecar.config import RefreshPolicy
-from sidecar.credentials import Credentials, format_expiration, mask_key_id, render_container_json
-from sidecar.diagnosis import is_throttling, quick_retry_limit, short_lifetime, token_at_fault
-from sidecar.errors import Disposition, SidecarError, StsError
-from sidecar.metrics import Metrics, RoleStatus
-from sidecar.sts import Exchanger
-from sidecar.tokens import TokenWatch
+from sidecar.core.clock import Clock
+from sidecar.core.credentials import Credentials, format_expiration, mask_key_id
+from sidecar.core.errors import Disposition, SidecarError, StsError
+from sidecar.core.metrics import Metrics, RoleStatus
+from sidecar.exchange.diagnosis import (
+    is_throttling,
+    quick_retry_limit,
+    short_lifetime,
+    token_at_fault,
+)
+from sidecar.exchange.sts import Exchanger
+from sidecar.sources.base import TokenSource, TokenWatch
+from sidecar.sources.registry import watch_for
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +58,12 @@ REFRESH_REQUEST_DEBOUNCE = 5.0
 TOKEN_WATCH_INTERVAL = 1.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Snapshot:
-    """Credentials as served, immutable; ``body`` is the rendered 200 response."""
+    """Credentials as served, immutable. Compared by identity: each output renders its own
+    bytes once per snapshot (``sidecar.outputs.rendered``)."""
 
     credentials: Credentials
-    body: bytes = field(repr=False)
     #: Wall time of the exchange (IMDS reports it as LastUpdated).
     obtained_on: datetime
     obtained_at: float
@@ -78,18 +84,22 @@ class Refresher:
         self,
         name: str,
         exchanger: Exchanger,
+        tokens: TokenSource,
         duration: int,
         policy: RefreshPolicy,
         clock: Clock,
         metrics: Metrics,
         rng: random.Random | None = None,
         exchange_timeout: float | None = None,
-        token_watch: TokenWatch | None = None,
         clock_skew: Callable[[], float | None] | None = None,
         request_debounce: float = REFRESH_REQUEST_DEBOUNCE,
+        label: str | None = None,
     ) -> None:
         self.name = name
+        #: The metrics label of this identity's counters: a role or namespace, never more.
+        self.label = label or name
         self._exchanger = exchanger
+        self._tokens = tokens
         self._duration = duration
         self._policy = policy
         self._clock = clock
@@ -107,7 +117,7 @@ class Refresher:
         self._last_error_text: str | None = None
         self._same_code_failures = 0
         self._last_code: str | None = None
-        self._token_watch = token_watch
+        self._token_watch: TokenWatch | None = watch_for(tokens)
         self._clock_skew = clock_skew or (lambda: None)
         self._request_debounce = request_debounce
         # Refresh requests: was the attempt in flight (or the last one) asked for, when did
@@ -120,7 +130,6 @@ class Refresher:
         self._restart_chain = False
         #: The last failure, if it was the token's fault: when it happened.
         self._token_failed_at: float | None = None
-        metrics.watch_role(self.status)
 
     # -- readers -------------------------------------------------------------------------
 
@@ -212,13 +221,13 @@ class Refresher:
             self._exchanger.drop_cached()
         try:
             async with self._clock.timeout(self._exchange_timeout):
-                creds = await self._exchanger.exchange()
+                creds = await self._exchanger.exchange(self._tokens)
             snap = self._accept(creds)
         except SidecarError as exc:
-            self._metrics.exchanges.labels(self.name, "failure", exc.code).inc()
+            self._metrics.exchanges.labels(self.label, "failure", exc.code).inc()
             raise
         except TimeoutError:
-            self._metrics.exchanges.labels(self.name, "failure", "Timeout").inc()
+            self._metrics.exchanges.labels(self.label, "failure", "Timeout").inc()
             raise StsError(
                 "exchange",
                 "Timeout",
@@ -226,9 +235,9 @@ class Refresher:
                 Disposition.RETRY,
             ) from None
         except Exception:
-            self._metrics.exchanges.labels(self.name, "failure", "Unexpected").inc()
+            self._metrics.exchanges.labels(self.label, "failure", "Unexpected").inc()
             raise
-        self._metrics.exchanges.labels(self.name, "success", "").inc()
+        self._metrics.exchanges.labels(self.label, "success", "").inc()
         return snap
 
     def _accept(self, creds: Credentials) -> Snapshot:
@@ -241,13 +250,16 @@ class Refresher:
                 creds.expiration, self._clock.now(), self._clock_skew(), self._policy.safety_margin
             )
             raise ClockSkewError(text) if clock_to_blame else ShortSessionError(text)
+        ahead = self._policy.refresh_ahead(lifetime)
+        # Spread identities created together (a pod-start storm) over time, always earlier.
+        if self._policy.refresh_jitter > 0:
+            ahead += self._rng.uniform(0, self._policy.refresh_jitter * ahead)
         snap = Snapshot(
             credentials=creds,
-            body=render_container_json(creds),
             obtained_on=self._clock.now(),
             obtained_at=now,
             expires_at=now + lifetime,
-            refresh_at=now + lifetime - self._policy.refresh_ahead(lifetime),
+            refresh_at=now + lifetime - min(ahead, 0.9 * lifetime),
         )
         self._snapshot = snap
         self._last_success = now
@@ -376,7 +388,7 @@ class Refresher:
             self._wake.set()
         elif reason == "throttled":
             self._restart_chain = True  # the retry after the backoff runs the whole chain
-        self._metrics.refresh_requests.labels(self.name, reason or "accepted").inc()
+        self._metrics.refresh_requests.labels(self.label, reason or "accepted").inc()
         if reason is not None and not self._coalesced_logged:
             self._coalesced_logged = True  # once per attempt, however many signals arrive
             log.info(

@@ -35,7 +35,7 @@ from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineToo
 from aiohttp.web_request import BaseRequest
 
 from sidecar.config.model import ListenerLimits
-from sidecar.server import LogThrottle, error_response
+from sidecar.outputs.http import LogThrottle, error_response
 
 log = logging.getLogger(__name__)
 

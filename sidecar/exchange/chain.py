@@ -18,13 +18,13 @@ import logging
 import re
 from typing import Any
 
-from sidecar.clock import Clock
 from sidecar.config import RoleConfig
-from sidecar.credentials import Credentials
-from sidecar.diagnosis import caller_rejected, explain
-from sidecar.errors import AccountNotAllowedError, Disposition, SidecarError, StsError
-from sidecar.sts import Hint, StsClient
-from sidecar.tokens import TokenClaims, TokenSource
+from sidecar.core.clock import Clock
+from sidecar.core.credentials import Credentials
+from sidecar.core.errors import AccountNotAllowedError, Disposition, SidecarError, StsError
+from sidecar.exchange.diagnosis import caller_rejected, explain
+from sidecar.exchange.sts import StsClient
+from sidecar.sources.base import TokenClaims, TokenSource
 
 log = logging.getLogger(__name__)
 
@@ -69,28 +69,23 @@ def session_of(assumed_role_arn: str) -> str:
     return assumed_role_arn.rsplit("/", 1)[-1]
 
 
-def _chained_hint(role: RoleConfig, number: int) -> Hint:
-    """What to check when hop ``number`` (2 or later) of ``role`` is refused."""
+def _chained_hint(role: RoleConfig, number: int, code: str) -> str | None:
+    """What to check when hop ``number`` (2 or later) of ``role`` is refused with ``code``."""
     hop, previous = role.hops[number - 1], role.hops[number - 2]
-
-    def hint(code: str, message: str) -> str | None:
-        if code in ("AccessDenied", "AccessDeniedException"):
-            return (
-                f"hop {number}: the trust policy of {hop.role_arn} must allow sts:AssumeRole "
-                "(and sts:TagSession / sts:SetSourceIdentity when tags or a source identity "
-                f"are set) for the previous hop's role {previous.role_arn}"
-            )
+    if code not in ("AccessDenied", "AccessDeniedException"):
         return None
-
-    return hint
+    return (
+        f"hop {number}: the trust policy of {hop.role_arn} must allow sts:AssumeRole "
+        "(and sts:TagSession / sts:SetSourceIdentity when tags or a source identity "
+        f"are set) for the previous hop's role {previous.role_arn}"
+    )
 
 
 class ChainExchanger:
     """Produces the final hop's credentials for one role."""
 
-    def __init__(self, role: RoleConfig, tokens: TokenSource, sts: StsClient, clock: Clock) -> None:
+    def __init__(self, role: RoleConfig, sts: StsClient, clock: Clock) -> None:
         self.role = role
-        self._tokens = tokens
         self._sts = sts
         self._clock = clock
         self._first: Credentials | None = None
@@ -102,8 +97,8 @@ class ChainExchanger:
         left = (self._first.expiration - self._clock.now()).total_seconds()
         return left > FIRST_HOP_REUSE_MARGIN
 
-    async def _web_identity(self) -> Credentials:
-        token = await self._tokens.fetch()
+    async def _web_identity(self, tokens: TokenSource) -> Credentials:
+        token = await tokens.fetch()
         if token.claims != self._claims:
             log.info(
                 "using web-identity token from %s",
@@ -122,12 +117,11 @@ class ChainExchanger:
         name = render(
             hop.session_name or self.role.default_session_name, token.claims, None, self.role.name
         )
-        claims = token.claims
-
-        def hint(code: str, message: str) -> str | None:
-            return explain(code, message, hop.role_arn, claims)
-
-        creds = await self._sts.assume_role_with_web_identity(hop, name, token.value, hint)
+        try:
+            creds = await self._sts.assume_role_with_web_identity(hop, name, token.value)
+        except StsError as exc:
+            hint = explain(exc.code, exc.message, hop.role_arn, token.claims)
+            raise exc.explained(hint) from None
         self._check_account(creds)
         return creds
 
@@ -144,10 +138,10 @@ class ChainExchanger:
     def drop_cached(self) -> None:
         self._first = None
 
-    async def exchange(self) -> Credentials:
+    async def exchange(self, tokens: TokenSource) -> Credentials:
         reused = self._first_hop_usable()
         try:
-            return await self._run_chain(reused)
+            return await self._run_chain(tokens, reused)
         except StsError as exc:
             if not caller_rejected(exc):
                 raise
@@ -162,14 +156,14 @@ class ChainExchanger:
                 exc.code,
                 extra={"event": "chain_restarted", "role": self.role.name, "error_code": exc.code},
             )
-            return await self._run_chain(False)
+            return await self._run_chain(tokens, False)
 
-    async def _run_chain(self, reuse_first: bool) -> Credentials:
+    async def _run_chain(self, tokens: TokenSource, reuse_first: bool) -> Credentials:
         if reuse_first:
             assert self._first is not None
             creds = self._first
         else:
-            creds = self._first = await self._web_identity()
+            creds = self._first = await self._web_identity(tokens)
         for number, hop in enumerate(self.role.hops[1:], start=2):
             previous = session_of(creds.assumed_role_arn)
             name = render(
@@ -181,7 +175,9 @@ class ChainExchanger:
                 else None
             )
 
-            hint = _chained_hint(self.role, number)
-            creds = await self._sts.assume_role(hop, name, source_identity, creds, hint)
+            try:
+                creds = await self._sts.assume_role(hop, name, source_identity, creds)
+            except StsError as exc:
+                raise exc.explained(_chained_hint(self.role, number, exc.code)) from None
             self._check_account(creds)
         return creds

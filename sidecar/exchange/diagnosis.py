@@ -10,9 +10,9 @@ from __future__ import annotations
 from datetime import datetime
 from urllib.parse import urlsplit
 
-from sidecar.credentials import account_from_arn, format_expiration
-from sidecar.errors import Disposition, SidecarError, StsError, TokenError
-from sidecar.tokens import TokenClaims
+from sidecar.core.credentials import account_from_arn, format_expiration
+from sidecar.core.errors import Disposition, SidecarError, StsError, TokenError
+from sidecar.sources.base import TokenClaims
 
 RETRYABLE_CODES = frozenset(
     {

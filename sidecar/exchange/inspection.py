@@ -16,13 +16,13 @@ from typing import Any
 
 import aiohttp
 
-from sidecar.clock import SystemClock
 from sidecar.config.checks import Checker
 from sidecar.config.settings import Raw
-from sidecar.errors import ConfigError
-from sidecar.safe_read import MAX_INPUT_BYTES
-from sidecar.tokens import build_token_source
-from sidecar.trust_policy import Finding, check, check_token
+from sidecar.core.clock import SystemClock
+from sidecar.core.errors import ConfigError
+from sidecar.core.safe_read import MAX_INPUT_BYTES
+from sidecar.exchange.trust_policy import Finding, check, check_token
+from sidecar.sources.registry import SourceContext, build_source, kind_of
 
 #: Claims shown on their own line; the others are listed by name.
 _SHOWN = ("iss", "sub", "aud", "exp", "iat", "nbf")
@@ -81,12 +81,12 @@ async def inspect(raw: Raw, environ: Mapping[str, str], policy_path: Path | None
         raise ConfigError(checker.problems)
     policy = _load_policy(policy_path) if policy_path else None
     audience = source_config.audience
-    if source_config.kind != "github":
+    if not kind_of(source_config).requests_audience:
         # Fetch without the audience check: a mismatch is reported below with the claims.
         source_config = dataclasses.replace(source_config, audience="")
     clock = SystemClock()
     async with aiohttp.ClientSession(trust_env=True) as session:
-        token = await build_token_source(source_config, clock, session, environ).fetch()
+        token = await build_source(source_config, SourceContext(clock, session, environ)).fetch()
     claims = token.claims
     shown = [
         ("iss", claims.issuer),

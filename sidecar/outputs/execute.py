@@ -23,15 +23,16 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from sidecar.auth import read_token_file
-from sidecar.aws_files import profile_settings, write_child_files
+from sidecar.cache.refresher import Refresher
 from sidecar.config import Config
-from sidecar.config.settings import CI_TOKEN_VARIABLES, DEFAULT_AUDIENCE
+from sidecar.config.settings import CI_TOKEN_VARIABLES
+from sidecar.core.secret import Secret
 from sidecar.daemon import Running
-from sidecar.fdlimit import restore_for_child
-from sidecar.refresher import Refresher
-from sidecar.secret import Secret
-from sidecar.tokens import audiences_of
+from sidecar.outputs.aws_files import profile_settings, write_child_files
+from sidecar.outputs.fdlimit import restore_for_child
+from sidecar.sources.base import DEFAULT_AUDIENCE, audiences_of
+from sidecar.sources.env import EnvSource
+from sidecar.tenancy.auth_tokens import read_token_file
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -113,7 +114,7 @@ def loopback_url(url: str) -> str:
 
 def daemon_token_variables(config: Config) -> frozenset[str]:
     """Every variable the daemon's configuration reads a web-identity token from."""
-    named = {role.token.env_var for role in config.roles if role.token.env_var}
+    named = {role.token.env_var for role in config.roles if isinstance(role.token, EnvSource)}
     return frozenset({*TOKEN_VARIABLES, *named})
 
 

@@ -23,24 +23,25 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from sidecar import __version__
 from sidecar.config import HopConfig, StsConfig
-from sidecar.credentials import Credentials
-from sidecar.diagnosis import classify
-from sidecar.errors import StsError
-from sidecar.metrics import Metrics
+from sidecar.core.clock import Clock
+from sidecar.core.credentials import Credentials
+from sidecar.core.errors import StsError
+from sidecar.core.metrics import Metrics
+from sidecar.exchange.diagnosis import classify
+from sidecar.exchange.rate_cap import StsRateCap
+from sidecar.sources.base import TokenSource
 
 
 class Exchanger(Protocol):
-    """Produces a fresh set of credentials for one role; raises ``SidecarError``."""
+    """Turns a token from ``tokens`` into a fresh set of credentials for one identity;
+    raises ``SidecarError``. The source is an argument, so one exchanger serves a role
+    whatever the token's origin (a file, a CI variable, the caller's own request)."""
 
-    async def exchange(self) -> Credentials: ...
+    async def exchange(self, tokens: TokenSource) -> Credentials: ...
 
     def drop_cached(self) -> None:
         """Forget intermediate credentials (a chain's first hop): start afresh next time."""
         ...
-
-
-#: Given an STS error code and message, the likely cause and fix (or None).
-Hint = Callable[[str, str], str | None]
 
 
 def _credentials(response: dict[str, Any], role_arn: str) -> Credentials:
@@ -66,10 +67,19 @@ class StsClient:
     rarely, so a client per call costs nothing that matters).
     """
 
-    def __init__(self, config: StsConfig, timeout: float, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        config: StsConfig,
+        timeout: float,
+        metrics: Metrics,
+        clock: Clock,
+        rate_cap: StsRateCap | None = None,
+    ) -> None:
         self._config = config
         self._timeout = timeout
         self._metrics = metrics
+        self._clock = clock
+        self._rate_cap = rate_cap
         self._stack = contextlib.AsyncExitStack()
         # AWS_PROFILE belongs to the user's own tools: a profile missing from the config
         # file must not stop the daemon (botocore raises ProfileNotFound), and our client
@@ -110,7 +120,7 @@ class StsClient:
         return str(self._client.meta.endpoint_url)
 
     async def assume_role_with_web_identity(
-        self, hop: HopConfig, session_name: str, token: str, hint: Hint
+        self, hop: HopConfig, session_name: str, token: str
     ) -> Credentials:
         params: dict[str, Any] = {
             "RoleArn": hop.role_arn,
@@ -123,7 +133,7 @@ class StsClient:
         async def call() -> Any:
             return await self._client.assume_role_with_web_identity(**params)
 
-        response = await self._call("AssumeRoleWithWebIdentity", call, hint)
+        response = await self._call("AssumeRoleWithWebIdentity", call)
         return _credentials(response, hop.role_arn)
 
     async def assume_role(
@@ -132,7 +142,6 @@ class StsClient:
         session_name: str,
         source_identity: str | None,
         caller: Credentials,
-        hint: Hint,
     ) -> Credentials:
         params: dict[str, Any] = {
             "RoleArn": hop.role_arn,
@@ -157,15 +166,18 @@ class StsClient:
             ) as client:
                 return await client.assume_role(**params)
 
-        response = await self._call("AssumeRole", call, hint)
+        response = await self._call("AssumeRole", call)
         return _credentials(response, hop.role_arn)
 
-    async def _call(self, operation: str, call: Callable[[], Awaitable[Any]], hint: Hint) -> Any:
-        """Run one STS call under the attempt timeout; map every failure to ``StsError``."""
+    async def _call(self, operation: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        """Run one STS call under the attempt timeout; map every failure to a coded
+        ``StsError`` (the layer above adds what the code means for its role)."""
+        if self._rate_cap is not None:
+            await self._rate_cap.acquire()
         started = time.perf_counter()
         outcome = "error"
         try:
-            async with asyncio.timeout(self._timeout):
+            async with self._clock.timeout(self._timeout):
                 response = await call()
             outcome = "success"
             self._measure_skew(response)
@@ -179,9 +191,7 @@ class StsClient:
             code = str(error.get("Code") or "Unknown")
             message = str(error.get("Message") or "")
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            raise StsError(
-                operation, code, message, classify(code, status), status, hint(code, message)
-            ) from None
+            raise StsError(operation, code, message, classify(code, status), status) from None
         except TimeoutError:
             raise StsError(
                 operation,

@@ -6,14 +6,20 @@
     ├── ListenError               the listen address cannot be bound (exit 3)
     ├── TokenError                the web-identity token cannot be read or is unusable
     │   └── TokenExpiredError     ...because its exp has passed
-    └── ExchangeError             an STS call failed or returned unusable credentials
-        ├── StsError              STS answered with an error code (or did not answer);
-        │                         ``disposition`` says how the refresher should react
-        └── AccountNotAllowedError  credentials for an account outside allowed_accounts
+    ├── ExchangeError             an STS call failed or returned unusable credentials
+    │   ├── StsError              STS answered with an error code (or did not answer);
+    │   │                         ``disposition`` says how the refresher should react
+    │   └── AccountNotAllowedError  credentials for an account outside allowed_accounts
+    └── Refusal                   a request for credentials is refused (tenancy, endpoint)
+        ├── NotFound              404: no such role, no default role
+        ├── Unauthenticated       401: no credential presented, or one that is not valid
+        ├── Forbidden             403: a valid credential that does not open this role
+        └── Unavailable           503: nothing servable yet (retry shortly)
 
 An error knows how it should be treated (``Disposition``) so that no caller has to
-re-derive it from strings: the refresher asks ``error.disposition`` and the server asks
-nothing at all, because it never sees STS errors (it only serves cached credentials).
+re-derive it from strings: the refresher asks ``error.disposition``. Every error also
+knows the HTTP ``status`` and JSON ``json_code`` it is answered with, so handlers never
+write status/code pairs by hand (``sidecar.outputs.http.error_response``).
 """
 
 from __future__ import annotations
@@ -37,6 +43,9 @@ class SidecarError(Exception):
     """Base of every deliberate error; ``str()`` is safe to log (never holds a secret)."""
 
     disposition: Disposition = Disposition.RETRY
+    #: How a request that meets this error is answered.
+    status: int = 500
+    json_code: str = "InternalError"
 
     @property
     def code(self) -> str:
@@ -112,6 +121,19 @@ class StsError(ExchangeError):
             text += f" ({hint})"
         super().__init__(text)
 
+    def explained(self, hint: str | None) -> StsError:
+        """This error with the likely cause and fix, which only the layer above STS knows."""
+        if not hint:
+            return self
+        return StsError(
+            self.operation,
+            self.error_code,
+            self.message,
+            self.disposition,
+            self.http_status,
+            hint,
+        )
+
     @property
     def code(self) -> str:
         return self.error_code
@@ -121,3 +143,60 @@ class AccountNotAllowedError(ExchangeError):
     """STS returned credentials for an account the role's allow-list does not contain."""
 
     disposition = Disposition.FATAL
+
+
+class Refusal(SidecarError):
+    """A request is refused; ``str()`` is the message the client gets (never a secret).
+
+    ``reason`` is a short fixed label for metrics and the refusal log (never free text).
+    """
+
+    disposition = Disposition.FATAL
+    reason: str = "refused"
+
+    def __init__(
+        self,
+        message: str,
+        json_code: str | None = None,
+        reason: str | None = None,
+        headers: dict[str, str] | None = None,
+        log_event: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        if json_code is not None:
+            self.json_code = json_code
+        if reason is not None:
+            self.reason = reason
+        self.headers = headers or {}
+        #: The refusal log's event name, for refusals worth a (rate-limited) warning: a
+        #: wrong credential may be an attack; an unknown path is just a typo.
+        self.log_event = log_event
+
+
+class NotFound(Refusal):
+    status = 404
+    json_code = "NotFound"
+    reason = "not_found"
+
+
+class Unauthenticated(Refusal):
+    status = 401
+    json_code = "Unauthorized"
+    reason = "unauthenticated"
+
+
+class Forbidden(Refusal):
+    status = 403
+    json_code = "AccessDenied"
+    reason = "forbidden"
+
+
+class Unavailable(Refusal):
+    status = 503
+    json_code = "CredentialsUnavailable"
+    reason = "unavailable"
+
+    def __init__(
+        self, message: str, json_code: str | None = None, reason: str | None = None
+    ) -> None:
+        super().__init__(message, json_code, reason, {"Retry-After": "1"})

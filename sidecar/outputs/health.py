@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 
 from sidecar.config.settings import parse_listen
-from sidecar.execute import loopback_url
+from sidecar.outputs.execute import loopback_url
 
 #: A probe that waits longer than the container runtime's timeout is useless.
 PROBE_TIMEOUT = 2.0

@@ -3,7 +3,7 @@
 SDKs send the token file's content verbatim (no ``Bearer`` prefix, no trimming), so the
 file must not end with a newline; we generate it that way and refuse one that does.
 
-The file holds a secret we *accept*, so it is read like one (``sidecar.safe_read``): a
+The file holds a secret we *accept*, so it is read like one (``sidecar.core.safe_read``): a
 regular file of at most 64 KiB, opened without blocking, owned by this daemon's user or
 root and not writable by group or others; in a directory others can write to (``/tmp``)
 a symlink is not followed, since anyone could have planted it.
@@ -26,9 +26,9 @@ import os
 import secrets
 from pathlib import Path
 
-from sidecar.clock import Clock
-from sidecar.errors import AuthTokenError
-from sidecar.safe_read import (
+from sidecar.core.clock import Clock
+from sidecar.core.errors import AuthTokenError
+from sidecar.core.safe_read import (
     MAX_INPUT_BYTES,
     FileIdentity,
     OffLoopReader,
@@ -211,3 +211,21 @@ class AuthToken:
             message,
             extra={"event": "auth_token_reload_failed", "path": str(self.path)},
         )
+
+
+async def load_auth(path: Path) -> AuthToken:
+    """The auth token in ``path`` (generated if missing), read with every check."""
+    if ensure_token_file(path):
+        log.info(
+            "generated a new auth token in %s (mode 0600)",
+            path,
+            extra={"event": "auth_token_created", "path": str(path)},
+        )
+    auth = await AuthToken.load(path)
+    if auth.readable_by_others:
+        log.warning(
+            "auth token file %s is readable by group or others; chmod 600 it",
+            path,
+            extra={"event": "auth_token_permissions", "path": str(path)},
+        )
+    return auth

@@ -35,15 +35,14 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from sidecar.credentials import format_expiration
-from sidecar.metrics import Metrics
-from sidecar.ratelimit import FailureLimiter
-from sidecar.rebinding import refuse_rebinding
-from sidecar.refresher import Refresher
-from sidecar.server import (
+from sidecar.cache.refresher import Refresher, Snapshot
+from sidecar.core.credentials import format_expiration
+from sidecar.core.metrics import Metrics
+from sidecar.outputs.http import (
     DEFAULT_REFUSAL_LOG_BUDGET,
     LIMITER,
     METRICS,
+    NO_STORE,
     REFUSAL_LOG,
     ROLE,
     ROUTE,
@@ -52,6 +51,9 @@ from sidecar.server import (
     error_response,
     json_errors_and_metrics,
 )
+from sidecar.outputs.ratelimit import FailureLimiter
+from sidecar.outputs.rebinding import refuse_rebinding
+from sidecar.outputs.rendered import Rendered
 
 TOKEN_PATH = "/latest/api/token"  # noqa: S105 - a path, not a password
 CREDENTIALS_PATH = "/latest/meta-data/iam/security-credentials/"
@@ -113,6 +115,21 @@ def role_name(role_arn: str) -> str:
     return role_arn.rsplit("/", 1)[-1]
 
 
+def render_imds_json(snap: Snapshot) -> bytes:
+    """EC2's answer: ``Code``, ``LastUpdated`` and ``Type`` besides the credentials."""
+    creds = snap.credentials
+    body = {
+        "Code": "Success",
+        "LastUpdated": format_expiration(snap.obtained_on),
+        "Type": "AWS-HMAC",
+        "AccessKeyId": creds.access_key_id,
+        "SecretAccessKey": creds.secret_access_key,
+        "Token": creds.session_token,
+        "Expiration": format_expiration(creds.expiration),
+    }
+    return json.dumps(body).encode()
+
+
 def create_imds_app(
     refresher: Refresher,
     role_arn: str,
@@ -126,6 +143,7 @@ def create_imds_app(
     naming another host, any Origin); ``limiter``/``refusals`` as for ``create_app``."""
     tokens = tokens or SessionTokens()
     name = role_name(role_arn)
+    rendered = Rendered(render_imds_json)
     app = web.Application(middlewares=[json_errors_and_metrics, refuse_rebinding])
     app[METRICS] = metrics
     app[REFUSAL_LOG] = refusals or LogThrottle(budget=DEFAULT_REFUSAL_LOG_BUDGET)
@@ -167,21 +185,7 @@ def create_imds_app(
                 "no valid credentials yet; the daemon keeps retrying STS",
                 headers={"Retry-After": "1"},
             )
-        creds = snap.credentials
-        body = {
-            "Code": "Success",
-            "LastUpdated": format_expiration(snap.obtained_on),
-            "Type": "AWS-HMAC",
-            "AccessKeyId": creds.access_key_id,
-            "SecretAccessKey": creds.secret_access_key,
-            "Token": creds.session_token,
-            "Expiration": format_expiration(creds.expiration),
-        }
-        return web.Response(
-            text=json.dumps(body),
-            content_type="application/json",
-            headers={"Cache-Control": "no-store"},
-        )
+        return web.Response(body=rendered(snap), content_type="application/json", headers=NO_STORE)
 
     exact: dict[str, tuple[str, Handler]] = {
         TOKEN_PATH: ("PUT", issue_token),

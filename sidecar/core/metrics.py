@@ -104,6 +104,47 @@ class Metrics:
             "Local wall clock minus the Date of STS's last answer (1 s resolution)",
             registry=registry,
         )
+        self.sts_rate_limited = Counter(
+            f"{PREFIX}_sts_rate_limited",
+            "STS calls that waited for the STS rate cap (--sts-rate)",
+            registry=registry,
+        )
+        self.sts_rate_limit_wait = Histogram(
+            f"{PREFIX}_sts_rate_limit_wait_seconds",
+            "How long STS calls waited for the STS rate cap",
+            registry=registry,
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        # The node agent: labels by namespace or fixed reasons, never by pod or token.
+        self.identities = Gauge(
+            f"{PREFIX}_identities",
+            "Identities (service account x role) cached by the node agent, by namespace",
+            ["namespace"],
+            registry=registry,
+        )
+        self.identity_lookups = Counter(
+            f"{PREFIX}_identity_lookups",
+            "Credential requests of verified pods by namespace and cache result (hit, miss)",
+            ["namespace", "result"],
+            registry=registry,
+        )
+        self.identity_evictions = Counter(
+            f"{PREFIX}_identity_evictions",
+            "Identities dropped from the node agent's cache by reason (idle, size, association)",
+            ["reason"],
+            registry=registry,
+        )
+        self.pod_token_refusals = Counter(
+            f"{PREFIX}_pod_token_refusals",
+            "Requests refused before any cache or STS work, by reason (which check failed)",
+            ["reason"],
+            registry=registry,
+        )
+        self.associations = Gauge(
+            f"{PREFIX}_associations",
+            "Associations (service account -> role) in force",
+            registry=registry,
+        )
         # labels() takes a lock and builds a key on every call; the request path is hot and
         # its label sets are few (routes x roles x statuses), so keep the children.
         self._request_children: dict[tuple[str, str, int], Any] = {}

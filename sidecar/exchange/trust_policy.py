@@ -20,8 +20,8 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from sidecar.credentials import format_expiration
-from sidecar.tokens import STS_EXP_LEEWAY, TokenClaims
+from sidecar.core.credentials import format_expiration
+from sidecar.sources.base import STS_EXP_LEEWAY, TokenClaims
 
 GITHUB_ISSUER = "token.actions.githubusercontent.com"
 _WEB_IDENTITY_ACTIONS = {"sts:assumerolewithwebidentity", "sts:*", "*"}

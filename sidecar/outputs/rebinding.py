@@ -14,7 +14,7 @@ import ipaddress
 
 from aiohttp import web
 
-from sidecar.server import REFUSAL_LOG, Handler, error_response, log_refusal
+from sidecar.outputs.http import REFUSAL_LOG, Handler, error_response, log_refusal
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 

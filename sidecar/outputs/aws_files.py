@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from sidecar.safe_read import read_small_file
+from sidecar.core.safe_read import read_small_file
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""AWS credentials as held in memory, and their rendering for SDK clients.
+"""AWS credentials as held in memory.
 
 ``Credentials`` never shows its secret parts in ``repr``; the access key id is masked
 too (it identifies the session in CloudTrail, which is useful but not public).
@@ -6,7 +6,6 @@ too (it identifies the session in CloudTrail, which is useful but not public).
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -60,21 +59,3 @@ class Credentials:
             f"expiration={format_expiration(self.expiration)!r}, "
             f"assumed_role_arn={self.assumed_role_arn!r})"
         )
-
-
-def render_container_json(creds: Credentials) -> bytes:
-    """The body of a 200 answer on the container-credentials endpoint.
-
-    Every value a string; ``Token`` and ``Expiration`` always present (botocore raises
-    without ``Token``, Go never refreshes without ``Expiration``); no ``Code`` field,
-    because Rust treats any value but "Success" as an error.
-    """
-    body = {
-        "AccessKeyId": creds.access_key_id,
-        "SecretAccessKey": creds.secret_access_key,
-        "Token": creds.session_token,
-        "Expiration": format_expiration(creds.expiration),
-        "AccountId": creds.account_id,
-        "RoleArn": creds.role_arn,
-    }
-    return json.dumps(body, separators=(",", ":")).encode()

@@ -1,0 +1,1 @@
+"""Keeping credentials fresh: one refresher per identity, and the pool that holds them."""

@@ -1,0 +1,1 @@
+"""Turning a web-identity token into credentials: the STS client, role chains, diagnosis."""

@@ -1,0 +1,1 @@
+"""Every way credentials leave the daemon: HTTP endpoints, IMDS, exec, export formats."""

@@ -1,0 +1,1 @@
+"""Where web-identity tokens come from: one protocol, a registry of kinds."""

@@ -1,0 +1,69 @@
+"""The node agent's source: the token a pod presented with its request, already verified.
+
+One source per identity (issuer, subject, role): every request of that identity offers
+its token, and the source keeps the one that lives longest, so the next exchange (a
+refresh ahead of expiry, long after the pod's first request) uses the freshest token
+any of its pods showed. A changed token is visible to the refresher's token watch, so an
+identity failing on an expired token recovers as soon as a pod presents a new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Hashable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import ClassVar
+
+from sidecar.core.clock import Clock
+from sidecar.core.errors import TokenError
+from sidecar.core.secret import Secret
+from sidecar.sources.base import DEFAULT_AUDIENCE, WebIdentityToken, read_token
+
+
+@dataclass(frozen=True)
+class PresentedSource:
+    """The caller's own token (node agent); not a ``--token-source`` choice."""
+
+    kind: ClassVar[str] = "request"
+    audience: str = DEFAULT_AUDIENCE
+
+
+class PresentedTokenSource:
+    def __init__(self, subject: str, clock: Clock, audience: str | None = None) -> None:
+        self.subject = subject
+        self._clock = clock
+        self._audience = audience
+        self._token: Secret | None = None
+        self._expires_at: datetime | None = None
+        self._last_read: Hashable | None = None
+
+    def __repr__(self) -> str:
+        return f"PresentedTokenSource({self.subject!r})"
+
+    def offer(self, token: Secret, expires_at: datetime) -> bool:
+        """Keep ``token`` (verified by the caller) if it outlives the one held; True if kept."""
+        if self._expires_at is not None and expires_at <= self._expires_at:
+            return False
+        self._token, self._expires_at = token, expires_at
+        return True
+
+    def _fingerprint(self) -> Hashable:
+        token = self._token
+        return None if token is None else hashlib.sha256(token.reveal().encode()).digest()
+
+    async def fetch(self) -> WebIdentityToken:
+        origin = f"the token presented for {self.subject}"
+        token = self._token
+        if token is None:
+            raise TokenError(f"no token has been presented for {self.subject} yet")
+        self._last_read = self._fingerprint()
+        # Verified already; this re-checks exp against the clock now (the exchange may run
+        # long after the request that brought the token).
+        return read_token(token.reveal(), origin, self._clock.now(), self._audience)
+
+    async def fingerprint(self) -> Hashable:
+        return self._fingerprint()
+
+    def last_read(self) -> Hashable | None:
+        return self._last_read

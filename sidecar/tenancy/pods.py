@@ -1,0 +1,178 @@
+"""The node agent's tenancy: a pod proves who it is with its projected service-account
+token, verified here before anything else, and gets the role its service account is
+associated with.
+
+Identities are (issuer, subject, role): every pod of a service account shares one
+refresher, fed with the freshest token any of them presented. A refused token never
+reaches the cache or STS. A cache miss creates the refresher synchronously, so concurrent
+first requests of one identity share it (and its single exchange).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Protocol
+
+from sidecar.cache.pool import Entry, Pool
+from sidecar.cache.refresher import Refresher
+from sidecar.config.model import RoleConfig
+from sidecar.core.clock import Clock
+from sidecar.core.errors import Forbidden, NotFound, Refusal, Unauthenticated
+from sidecar.core.metrics import Metrics
+from sidecar.core.secret import Secret
+from sidecar.sources.presented import PresentedTokenSource
+from sidecar.tenancy.associations import Associations
+from sidecar.tenancy.grant import Grant
+
+log = logging.getLogger(__name__)
+
+#: (issuer, subject, role): one refresher, one STS session, shared by the account's pods.
+IdentityKey = tuple[str, str, RoleConfig]
+
+
+class VerifiedPod(Protocol):
+    issuer: str
+    namespace: str
+    service_account: str
+    subject: str
+    expires_at: datetime
+    token: Secret
+
+
+class PodVerifier(Protocol):
+    async def verify(self, authorization: str) -> VerifiedPod: ...
+
+
+#: Builds the refresher of a new identity from its role and token source.
+RefresherFactory = Callable[[RoleConfig, PresentedTokenSource, str], Refresher]
+
+
+def role_name(role_arn: str) -> str:
+    return role_arn.rsplit("/", 1)[-1]
+
+
+class PodTenancy:
+    def __init__(
+        self,
+        verifier: PodVerifier,
+        associations: Callable[[], Associations],
+        pool: Pool[IdentityKey],
+        build: RefresherFactory,
+        metrics: Metrics,
+        clock: Clock,
+        keys_ready: Callable[[], bool],
+        associations_hint: str = "the associations file",
+    ) -> None:
+        self._clock = clock
+        self._keys_ready = keys_ready
+        self._verifier = verifier
+        self._associations = associations
+        self._pool = pool
+        self._build = build
+        self._metrics = metrics
+        self._sources: dict[IdentityKey, PresentedTokenSource] = {}
+        self._hint = associations_hint
+
+    def forget(self, key: IdentityKey, entry: Entry, reason: str) -> None:
+        """The pool dropped ``key`` (its ``on_evict``)."""
+        self._sources.pop(key, None)
+        self._metrics.identities.labels(entry.label).dec()
+        if reason != "shutdown":
+            self._metrics.identity_evictions.labels(reason).inc()
+            log.info(
+                "dropped identity %s (%s)",
+                key[1],
+                extra={"event": "identity_evicted", "subject": key[1], "reason": reason},
+            )
+
+    def prune(self) -> int:
+        """Drop identities whose association changed or went (after a reload)."""
+        current = self._associations()
+        stale = [
+            key
+            for key, _ in self._pool.items()
+            if (found := _find(current, key[1])) is None or found.role != key[2]
+        ]
+        for key in stale:
+            self._pool.remove(key, "association")
+        return len(stale)
+
+    async def grant(self, role: str | None, authorization: str | None) -> Grant:
+        if role is not None:
+            raise NotFound(
+                "the node agent serves each pod the role of its service account at "
+                "/v1/credentials; there are no named roles",
+                "UnknownRole",
+            )
+        if not authorization:
+            self._metrics.pod_token_refusals.labels("missing").inc()
+            raise Unauthenticated(
+                "send the pod's service-account token in the Authorization header: set "
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE to the projected token's path",
+                "MissingAuthorization",
+                reason="missing",
+                log_event="pod_token_missing",
+            )
+        try:
+            pod = await self._verifier.verify(authorization)
+        except Refusal as exc:
+            self._metrics.pod_token_refusals.labels(exc.reason).inc()
+            exc.log_event = exc.log_event or "pod_token_refused"
+            raise
+        association = self._associations().find(pod.namespace, pod.service_account)
+        if association is None:
+            self._metrics.pod_token_refusals.labels("no_association").inc()
+            raise Forbidden(
+                f"service account {pod.service_account} in namespace {pod.namespace} has no "
+                f"role: add an association for it to {self._hint}",
+                "NoAssociation",
+                reason="no_association",
+                log_event="no_association",
+            )
+        key: IdentityKey = (pod.issuer, pod.subject, association.role)
+        refresher = self._pool.get(key)
+        if refresher is None:
+            self._metrics.identity_lookups.labels(pod.namespace, "miss").inc()
+            source = PresentedTokenSource(pod.subject, self._clock, association.role.token.audience)
+            source.offer(pod.token, pod.expires_at)
+            refresher = self._build(association.role, source, pod.namespace)
+            self._sources[key] = source
+            self._pool.add(key, refresher, label=pod.namespace)
+            self._metrics.identities.labels(pod.namespace).inc()
+            log.info(
+                "first request of %s: serving role %s",
+                pod.subject,
+                association.role.role_arn,
+                extra={
+                    "event": "identity_created",
+                    "subject": pod.subject,
+                    "role_arn": association.role.role_arn,
+                    "issuer": pod.issuer,
+                },
+            )
+        else:
+            self._metrics.identity_lookups.labels(pod.namespace, "hit").inc()
+            self._sources[key].offer(pod.token, pod.expires_at)
+        return Grant(refresher, role_name(association.role.role_arn), pod.subject)
+
+    def readiness(self, role: str | None) -> tuple[bool, dict[str, Any]]:
+        """Ready once the issuer's keys are loaded (listening is implied by answering)."""
+        if role is not None:
+            raise NotFound("the node agent has no named roles", "UnknownRole")
+        ready = self._keys_ready()
+        body = {
+            "ready": ready,
+            "issuer_keys_loaded": ready,
+            "identities": len(self._pool),
+            "associations": len(self._associations()),
+        }
+        return ready, body
+
+
+def _find(associations: Associations, subject: str) -> Any:
+    parts = subject.split(":")
+    if len(parts) != 4:
+        return None
+    return associations.find(parts[2], parts[3])
