@@ -6,10 +6,13 @@
     ├── ListenError               the listen address cannot be bound (exit 3)
     ├── TokenError                the web-identity token cannot be read or is unusable
     │   └── TokenExpiredError     ...because its exp has passed
-    └── ExchangeError             an STS call failed or returned unusable credentials
-        ├── StsError              STS answered with an error code (or did not answer);
-        │                         ``disposition`` says how the refresher should react
-        └── AccountNotAllowedError  credentials for an account outside allowed_accounts
+    ├── ExchangeError             an STS call failed or returned unusable credentials
+    │   ├── StsError              STS answered with an error code (or did not answer);
+    │   │                         ``disposition`` says how the refresher should react
+    │   └── AccountNotAllowedError  credentials for an account outside allowed_accounts
+    └── OutputError               credentials cannot be handed out in the form asked for
+        ├── ExportError           an export format or profile name is unknown or unusable
+        └── CredentialsFileError  the shared-credentials file cannot be updated safely
 
 An error knows how it should be treated (``Disposition``) so that no caller has to
 re-derive it from strings: the refresher asks ``error.disposition`` and the server asks
@@ -121,3 +124,17 @@ class AccountNotAllowedError(ExchangeError):
     """STS returned credentials for an account the role's allow-list does not contain."""
 
     disposition = Disposition.FATAL
+
+
+class OutputError(SidecarError):
+    """Credentials cannot be rendered or written the way the operator asked."""
+
+    disposition = Disposition.FATAL
+
+
+class ExportError(OutputError):
+    """An unknown export format, a bad profile name, or a value a format cannot hold."""
+
+
+class CredentialsFileError(OutputError):
+    """The shared-credentials file cannot be read, checked or replaced safely."""

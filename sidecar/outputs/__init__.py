@@ -1,0 +1,1 @@
+"""Ways credentials leave the daemon other than the HTTP endpoints: export formats, files."""
