@@ -95,11 +95,14 @@ def replace_section(text: str, name: str, body: str) -> str:
     end = len(lines) if end is None else end
     while end - 1 > start and _is_filler(lines[end - 1]):
         end -= 1
-    after = end
+    before, after = start, end
     if not body:
         while after < len(lines) and not lines[after].strip():
             after += 1  # do not leave the blank lines that separated the section
-    return "".join([*lines[:start], body, *lines[after:]])
+        if after == len(lines):
+            while before > 0 and not lines[before - 1].strip():
+                before -= 1  # nor the blank line put before it when it was appended
+    return "".join([*lines[:before], body, *lines[after:]])
 
 
 class CredentialsFile:
