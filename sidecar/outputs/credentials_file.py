@@ -108,7 +108,9 @@ def replace_section(text: str, name: str, body: str) -> str:
 class CredentialsFile:
     """Keeps ``[profile]`` of the shared-credentials file at ``path`` current."""
 
-    def __init__(self, path: Path, profile: str = "default", *, writer: WriteAll = write_all):
+    def __init__(
+        self, path: Path, profile: str = "default", *, writer: WriteAll = write_all
+    ) -> None:
         self.path = path
         self.profile = check_profile(profile)
         if self.profile == configparser.DEFAULTSECT:
