@@ -16,10 +16,10 @@ import shlex
 import signal
 import sys
 import tempfile
-from collections.abc import Coroutine, Mapping, Sequence
-from dataclasses import dataclass
 import urllib.parse
 import urllib.request
+from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -439,6 +439,8 @@ def dev_pod_token(issuer: str, namespace: str, account: str, ttl: float) -> int:
         with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
             print(response.read(64 * 1024).decode())
     except OSError as exc:
-        print(f"credential-sidecar: the dev issuer at {issuer} did not answer: {exc}", file=sys.stderr)
+        print(
+            f"credential-sidecar: the dev issuer at {issuer} did not answer: {exc}", file=sys.stderr
+        )
         return EXIT_CONFIG
     return EXIT_OK

@@ -10,6 +10,9 @@
     │   ├── StsError              STS answered with an error code (or did not answer);
     │   │                         ``disposition`` says how the refresher should react
     │   └── AccountNotAllowedError  credentials for an account outside allowed_accounts
+    ├── OutputError               credentials cannot be handed out in the form asked for
+    │   ├── ExportError           an export format or profile name is unknown or unusable
+    │   └── CredentialsFileError  the shared-credentials file cannot be updated safely
     └── Refusal                   a request for credentials is refused (tenancy, endpoint)
         ├── NotFound              404: no such role, no default role
         ├── Unauthenticated       401: no credential presented, or one that is not valid
@@ -200,3 +203,17 @@ class Unavailable(Refusal):
         self, message: str, json_code: str | None = None, reason: str | None = None
     ) -> None:
         super().__init__(message, json_code, reason, {"Retry-After": "1"})
+
+
+class OutputError(SidecarError):
+    """Credentials cannot be rendered or written the way the operator asked."""
+
+    disposition = Disposition.FATAL
+
+
+class ExportError(OutputError):
+    """An unknown export format, a bad profile name, or a value a format cannot hold."""
+
+
+class CredentialsFileError(OutputError):
+    """The shared-credentials file cannot be read, checked or replaced safely."""
