@@ -164,8 +164,11 @@ class Refusal(SidecarError):
         reason: str | None = None,
         headers: dict[str, str] | None = None,
         log_event: str | None = None,
+        role: str | None = None,
     ) -> None:
         super().__init__(message)
+        #: The role the refused request was for, when it names a real one (a metrics label).
+        self.role = role
         if json_code is not None:
             self.json_code = json_code
         if reason is not None:

@@ -81,13 +81,15 @@ class CredentialsHandler:
         try:
             grant = await self._tenancy.grant(asked, request.headers.get("Authorization"))
         except Refusal as exc:
+            if exc.role is not None:
+                request[ROLE] = exc.role
             if exc.log_event is not None:
                 log_refusal(
                     self._throttle,
                     exc.log_event,
                     f"refused credentials request: {exc}",
                     request.remote or "?",
-                    role=asked or "",
+                    role=exc.role or asked or "",
                 )
             return answer(exc)
         request[ROLE] = grant.role

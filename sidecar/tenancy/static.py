@@ -55,12 +55,13 @@ class StaticTenancy:
         if entry.auth is not None:
             if authorization is None:
                 raise Unauthenticated(
-                    MISSING_AUTH_FIX, "MissingAuthorization", log_event="auth_missing"
+                    MISSING_AUTH_FIX, "MissingAuthorization", log_event="auth_missing", role=name
                 )
             if not entry.auth.check(authorization):
                 raise Forbidden(
                     f"the Authorization header does not match the auth token of role {name}",
                     log_event="auth_denied",
+                    role=name,
                 )
         return Grant(entry.refresher, name)
 
