@@ -435,7 +435,7 @@ class GithubTokenSource:
                 self._url, headers=headers, timeout=self._timeout, allow_redirects=False
             ) as response:
                 status = response.status
-                body = await _read_capped(response, MAX_TOKEN_BYTES)
+                body = await read_capped(response, MAX_TOKEN_BYTES)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TokenError(f"{origin} unreachable: {type(exc).__name__}: {exc}") from None
         if body is None:
@@ -458,7 +458,7 @@ class GithubTokenSource:
         return read_token(str(value), origin, self._clock.now(), self._audience)
 
 
-async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
+async def read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
     """The body, or None once it passes ``limit`` (never more than one chunk past it)."""
     if (response.content_length or 0) > limit:
         return None

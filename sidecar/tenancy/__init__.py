@@ -1,0 +1,1 @@
+"""Who may have which identity: static auth tokens, or verified pod tokens and associations."""
