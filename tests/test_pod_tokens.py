@@ -312,6 +312,8 @@ async def test_oversize_is_refused_before_parsing() -> None:
         "eyJ+/=.x.y",
         "Basic dXNlcjpwYXNz",
         "/var/run/secrets/token",
+        "eyJhbGciOiJSUzI1NiJ9.e\udcff.c2ln",
+        "eyJhbGciOiJSUzI1NiJ9.éé.c2ln",
     ],
 )
 async def test_garbage_is_401_malformed(value: str) -> None:

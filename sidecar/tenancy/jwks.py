@@ -190,6 +190,10 @@ class _CachedKeys:
         return self._ready
 
     @property
+    def fetching(self) -> bool:
+        return self._inflight is not None
+
+    @property
     def kids(self) -> tuple[str | None, ...]:
         return tuple(self._keys)
 
@@ -239,7 +243,7 @@ class _CachedKeys:
         if str(exc) == self._last_reported:
             return
         self._last_reported = str(exc)
-        kept = f"keeping the {len(self._keys)} keys loaded before" if self._ready else "no keys"
+        kept = "keeping the keys loaded before" if self._ready else "no keys loaded yet"
         log.error("%s (%s)", exc, kept)
 
     async def run(self) -> None:
@@ -407,7 +411,11 @@ class JwksFileKeys(_CachedKeys):
 
         raw, identity = await self._reader.run(read, self._fail)
         try:
-            keys = parse_jwks(raw, f"--jwks-file {self.path}", "fix the file")
+            keys = parse_jwks(
+                raw,
+                f"--jwks-file {self.path}",
+                f"write it again with `kubectl get --raw /openid/v1/jwks > {self.path}`",
+            )
         except KeySourceError as exc:
             self._failed = (identity, exc)
             raise

@@ -76,6 +76,10 @@ _NAMESPACE = re.compile(_DNS_LABEL)
 _SUBDOMAIN = re.compile(rf"(?=.{{1,253}}$){_DNS_LABEL}(?:\.{_DNS_LABEL})*")
 _SUBJECT = re.compile(r"system:serviceaccount:([^:]*):([^:]*)")
 _UID = re.compile(r"[0-9A-Za-z-]{1,64}")
+_NOT_JWT = (
+    "the token is not a JWT (three base64url parts): send the pod's projected "
+    "service-account token, not a path or another credential"
+)
 _MAX_TIMESTAMP = 253402300799  # 9999-12-31
 _JWS = jwt.PyJWS()
 
@@ -184,6 +188,8 @@ class PodTokenVerifier:
                 "and point AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE at it",
                 code="MissingToken",
             )
+        if not _JWT_SHAPE.fullmatch(token):  # also before hashing: only ASCII from here on
+            raise PodTokenError("malformed", _NOT_JWT)
         digest = hashlib.sha256(token.encode()).digest()
         now = self._clock.now().timestamp()
         if (hit := self._cache.get(digest)) is not None:
@@ -199,19 +205,13 @@ class PodTokenVerifier:
         return identity
 
     async def _check(self, token: str, now: float) -> tuple[PodIdentity, float]:
-        not_jwt = (
-            "the token is not a JWT (three base64url parts): send the pod's projected "
-            "service-account token, not a path or another credential"
-        )
-        if not _JWT_SHAPE.fullmatch(token):
-            raise PodTokenError("malformed", not_jwt)
         header_part, payload_part, _ = token.split(".")
         try:
             header, unverified = _b64json(header_part), _b64json(payload_part)
         except (ValueError, binascii.Error, RecursionError):
-            raise PodTokenError("malformed", not_jwt) from None
+            raise PodTokenError("malformed", _NOT_JWT) from None
         if not isinstance(header, dict) or not isinstance(unverified, dict):
-            raise PodTokenError("malformed", not_jwt)
+            raise PodTokenError("malformed", _NOT_JWT)
         alg, kid = header.get("alg"), header.get("kid")
         if not isinstance(alg, str) or alg not in ALLOWED_ALGORITHMS:
             raise PodTokenError(
@@ -254,9 +254,9 @@ class PodTokenVerifier:
                 f"{self.issuer}: it was forged or altered",
             ) from None
         except (jwt.PyJWTError, ValueError, RecursionError):
-            raise PodTokenError("malformed", not_jwt) from None
+            raise PodTokenError("malformed", _NOT_JWT) from None
         if not isinstance(payload, dict):
-            raise PodTokenError("malformed", not_jwt)
+            raise PodTokenError("malformed", _NOT_JWT)
         return self._claims(payload, token, now)
 
     def _wrong_issuer(self) -> PodTokenError:
