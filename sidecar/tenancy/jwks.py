@@ -110,24 +110,35 @@ def check_issuer_url(url: str, what: str) -> None:
         )
 
 
+def _brief(value: object) -> str:
+    """A value from the document, for a log line: short whatever it holds."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _key_from_jwk(entry: Mapping[str, Any]) -> VerificationKey:
     """One JWK as a verification key; ``ValueError`` saying why it cannot be used."""
     kty, use, alg, kid = (entry.get(name) for name in ("kty", "use", "alg", "kid"))
     if use is not None and use != "sig":
-        raise ValueError(f'its "use" is {use!r}, not "sig"')
+        raise ValueError(f'its "use" is {_brief(use)}, not "sig"')
     if kid is not None and not isinstance(kid, str):
         raise ValueError('its "kid" is not a string')
     if alg is not None and alg not in ALLOWED_ALGORITHMS:
-        raise ValueError(f'its "alg" {alg!r} is not an asymmetric signature algorithm we accept')
+        raise ValueError(
+            f'its "alg" {_brief(alg)} is not an asymmetric signature algorithm we accept'
+        )
     if kty == "RSA":
         algorithms = frozenset({alg}) if alg else RSA_ALGORITHMS
     elif kty == "EC":
-        curve_alg = EC_ALGORITHMS.get(entry.get("crv"))  # type: ignore[arg-type]
+        crv = entry.get("crv")
+        curve_alg = EC_ALGORITHMS.get(crv) if isinstance(crv, str) else None
         if curve_alg is None or alg not in (None, curve_alg):
-            raise ValueError(f"its curve {entry.get('crv')!r} does not fit alg {alg!r}")
+            raise ValueError(
+                f"its curve {_brief(crv)} is not P-256, P-384 or P-521 fitting {_brief(alg)}"
+            )
         algorithms = frozenset({curve_alg})
     else:
-        raise ValueError(f"its key type {kty!r} is not RSA or EC")
+        raise ValueError(f"its key type {_brief(kty)} is not RSA or EC")
     try:
         key = jwt.PyJWK(dict(entry), algorithm=min(algorithms)).key
     except jwt.PyJWTError as exc:
