@@ -55,7 +55,8 @@ def shown(value: object) -> str:
     return repr(text if len(text) <= 200 else text[:200] + "...")
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1): http:// is safe there."""
     if host.lower().rstrip(".") == "localhost":
         return True
     try:
@@ -241,7 +242,7 @@ class Checker:
             parts, host = None, ""
         if parts is None or parts.scheme not in ("https", "http") or not host:
             self.add(f"{where}={shown(url)} is not a URL: expected https://host/path")
-        elif parts.scheme == "http" and not _is_loopback(host):
+        elif parts.scheme == "http" and not is_loopback_host(host):
             self.add(
                 f"{where}={shown(url)} is plain http:// to {host}: the bearer request token "
                 "would cross the network in clear. Use https:// (http:// is only accepted "

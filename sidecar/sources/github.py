@@ -9,6 +9,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from sidecar.core.bounded_http import read_capped
 from sidecar.core.clock import Clock
 from sidecar.core.errors import Disposition, TokenError
 from sidecar.core.safe_read import size_text
@@ -60,7 +61,7 @@ class GithubTokenSource:
                 self._url, headers=headers, timeout=self._timeout, allow_redirects=False
             ) as response:
                 status = response.status
-                body = await _read_capped(response, MAX_TOKEN_BYTES)
+                body = await read_capped(response, MAX_TOKEN_BYTES)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TokenError(f"{origin} unreachable: {type(exc).__name__}: {exc}") from None
         if body is None:
@@ -81,15 +82,3 @@ class GithubTokenSource:
         except (ValueError, KeyError, TypeError):
             raise TokenError(f'{origin} answered without a JSON "value" field') from None
         return read_token(str(value), origin, self._clock.now(), self._audience)
-
-
-async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
-    """The body, or None once it passes ``limit`` (never more than one chunk past it)."""
-    if (response.content_length or 0) > limit:
-        return None
-    body = bytearray()
-    async for chunk in response.content.iter_chunked(16384):
-        body += chunk
-        if len(body) > limit:
-            return None
-    return bytes(body)

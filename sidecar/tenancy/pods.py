@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any, Protocol
 
 from sidecar.cache.pool import Entry, Pool
@@ -21,10 +20,10 @@ from sidecar.config.model import RoleConfig
 from sidecar.core.clock import Clock
 from sidecar.core.errors import Forbidden, NotFound, Refusal, Unauthenticated
 from sidecar.core.metrics import Metrics
-from sidecar.core.secret import Secret
 from sidecar.sources.presented import PresentedTokenSource
 from sidecar.tenancy.associations import Associations
 from sidecar.tenancy.grant import Grant
+from sidecar.tenancy.pod_tokens import PodIdentity
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +31,8 @@ log = logging.getLogger(__name__)
 IdentityKey = tuple[str, str, RoleConfig]
 
 
-class VerifiedPod(Protocol):
-    issuer: str
-    namespace: str
-    service_account: str
-    subject: str
-    expires_at: datetime
-    token: Secret
-
-
 class PodVerifier(Protocol):
-    async def verify(self, authorization: str) -> VerifiedPod: ...
+    async def verify(self, authorization: str) -> PodIdentity: ...
 
 
 #: Builds the refresher of a new identity from its role and token source.
