@@ -34,6 +34,7 @@ import ipaddress
 import os
 import socket
 import struct
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -326,10 +327,15 @@ class _Netlink:
     """One rtnetlink socket: a request, then its acknowledgement or error."""
 
     def __init__(self) -> None:
-        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        try:
+            self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        except OSError as exc:  # a sandbox without netlink (seccomp, gVisor)
+            raise LinkLocalError(
+                f"cannot open an rtnetlink socket to change addresses: {exc.strerror or exc}; "
+                "run on a Linux host (or a container on the host's network) that allows it"
+            ) from None
         self._sequence = 0
         try:
-            self._sock.settimeout(NETLINK_TIMEOUT)
             self._sock.bind((0, 0))
             # An old kernel refuses: its errors then come without the kernel's words.
             with contextlib.suppress(OSError):
@@ -351,15 +357,22 @@ class _Netlink:
         header = _NLMSGHDR.pack(
             _NLMSGHDR.size + len(payload), kind, _NLM_F_REQUEST | _NLM_F_ACK | flags, sequence, 0
         )
-        self._sock.send(header + payload)
-        for _ in range(_MAX_READS):
-            try:
-                data = self._sock.recv(_RECV_SIZE)
-            except TimeoutError:
-                break
-            answer = _find_answer(data, sequence)
-            if answer is not None:
-                return answer
+        deadline = time.monotonic() + NETLINK_TIMEOUT
+        try:
+            self._sock.settimeout(NETLINK_TIMEOUT)
+            self._sock.send(header + payload)
+            for _ in range(_MAX_READS):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._sock.settimeout(remaining)
+                answer = _find_answer(self._sock.recv(_RECV_SIZE), sequence)
+                if answer is not None:
+                    return answer
+        except TimeoutError:
+            pass
+        except OSError as exc:
+            raise LinkLocalError(f"rtnetlink request failed: {exc.strerror or exc}") from None
         raise LinkLocalError(
             f"the kernel did not answer a netlink request within {NETLINK_TIMEOUT:g}s"
         )

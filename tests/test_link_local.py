@@ -22,6 +22,7 @@ from sidecar.link_local import (
     parse_addresses,
 )
 from tests import netns
+from tests.peers import REPO
 
 AGENT_V4 = "169.254.170.23"
 AGENT_V6 = "fd00:ec2::23"
@@ -220,14 +221,15 @@ def test_parse_addresses_names_every_bad_address() -> None:
         parse_addresses([])
 
 
-# A listener for the reachability test: one socket per address on port 80, each answering
-# every connection with the address it was reached on.
+# A listener: argv is PORT ADDRESS...; one socket per address, each answering every
+# connection with the address it was reached on.
 SERVER = """
 import socket, sys, threading
+port = int(sys.argv[1])
 def serve(address):
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
-    listener.bind((address, 80))
+    listener.bind((address, port))
     listener.listen()
     def loop():
         while True:
@@ -235,12 +237,13 @@ def serve(address):
             with connection:
                 connection.sendall(address.encode())
     threading.Thread(target=loop, daemon=True).start()
-for address in sys.argv[1:]:
+for address in sys.argv[2:]:
     serve(address)
 print("listening", flush=True)
 threading.Event().wait()
 """
 
+# A client: connects to port 80 of each address in argv, prints what the listener says.
 CLIENT = """
 import socket, sys
 for address in sys.argv[1:]:
@@ -249,21 +252,104 @@ for address in sys.argv[1:]:
 """
 
 
+def listen(namespace: netns.Namespace, port: int, *addresses: str) -> None:
+    """Start SERVER inside ``namespace`` and wait until it listens."""
+    server = namespace.popen(
+        [sys.executable, "-c", SERVER, str(port), *addresses], stdout=subprocess.PIPE, text=True
+    )
+    assert server.stdout is not None and server.stdout.readline() == "listening\n"
+
+
 def test_a_listener_on_the_addresses_is_reached_from_another_namespace(
     net: netns.Namespaces,
 ) -> None:
-    """After `up`, port 80 on both addresses binds, and a pod reaches it over a veth route."""
+    """After `up`, port 80 on both addresses binds; a pod reaches it over a veth.
+
+    IPv4 through the pod's default route (as a container on a Docker bridge reaches the
+    host), IPv6 through a /128 route (as the node agent's cluster test does).
+    """
     host, pod = net.namespace("host"), net.namespace("pod")
     link = net.veth(host, pod)
     assert cli(host, "up", *AGENT).returncode == 0
-    server = host.popen(
-        [sys.executable, "-c", SERVER, AGENT_V4, AGENT_V6], stdout=subprocess.PIPE, text=True
-    )
-    assert server.stdout is not None and server.stdout.readline() == "listening\n"
-    pod.route(f"{AGENT_V4}/32", via=link.a_ipv4.ip)
+    listen(host, 80, AGENT_V4, AGENT_V6)
+    pod.route("default", via=link.a_ipv4.ip)
     pod.route(f"{AGENT_V6}/128", via=link.a_ipv6.ip)
     reached = pod.run([sys.executable, "-c", CLIENT, AGENT_V4, AGENT_V6])
     assert reached.stdout.splitlines() == [AGENT_V4, AGENT_V6]
+
+
+# The DNAT alternative in docs/link-local.md, exactly as written there ("docker0" is the
+# bridge; the test swaps in its veth). The daemon listens on its default 127.0.0.1:9911.
+IPTABLES_UP = [
+    "sysctl -w net.ipv4.conf.docker0.route_localnet=1",
+    "iptables -t nat -A PREROUTING -p tcp -d 169.254.170.2 --dport 80"
+    " -j DNAT --to-destination 127.0.0.1:9911",
+    "iptables -t nat -A OUTPUT -p tcp -d 169.254.170.2 --dport 80"
+    " -j DNAT --to-destination 127.0.0.1:9911",
+    "iptables -I INPUT -d 127.0.0.0/8 ! -s 127.0.0.0/8"
+    " -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP",
+]
+IPTABLES_DOWN = [
+    "iptables -t nat -D PREROUTING -p tcp -d 169.254.170.2 --dport 80"
+    " -j DNAT --to-destination 127.0.0.1:9911",
+    "iptables -t nat -D OUTPUT -p tcp -d 169.254.170.2 --dport 80"
+    " -j DNAT --to-destination 127.0.0.1:9911",
+    "iptables -D INPUT -d 127.0.0.0/8 ! -s 127.0.0.0/8"
+    " -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP",
+    "sysctl -w net.ipv4.conf.docker0.route_localnet=0",
+]
+NFT_RULES = """\
+table ip credential_sidecar {
+\tchain prerouting {
+\t\ttype nat hook prerouting priority dstnat; policy accept;
+\t\tip daddr 169.254.170.2 tcp dport 80 dnat to 127.0.0.1:9911
+\t}
+\tchain output {
+\t\ttype nat hook output priority -100; policy accept;
+\t\tip daddr 169.254.170.2 tcp dport 80 dnat to 127.0.0.1:9911
+\t}
+\tchain input {
+\t\ttype filter hook input priority filter; policy accept;
+\t\tip daddr 127.0.0.0/8 ip saddr != 127.0.0.0/8 ct status & dnat == 0 drop
+\t}
+}
+"""
+NFT_UP = ["sysctl -w net.ipv4.conf.docker0.route_localnet=1", "nft -f credential-sidecar.nft"]
+NFT_DOWN = [
+    "nft delete table ip credential_sidecar",
+    "sysctl -w net.ipv4.conf.docker0.route_localnet=0",
+]
+
+
+@pytest.mark.parametrize(
+    ("tool", "up", "down"),
+    [("iptables", IPTABLES_UP, IPTABLES_DOWN), ("nft", NFT_UP, NFT_DOWN)],
+)
+def test_the_documented_dnat_alternative_works_and_is_undone(
+    net: netns.Namespaces, tmp_path: Path, tool: str, up: list[str], down: list[str]
+) -> None:
+    """The doc's DNAT commands let a pod and the host reach 127.0.0.1:9911 via 169.254.170.2."""
+    if shutil.which(tool) is None:
+        pytest.skip(f"needs {tool}")
+    documented = (REPO / "docs" / "link-local.md").read_text()
+    for command in [*up, *down]:
+        assert command in documented, command
+    assert NFT_RULES.expandtabs(4) in documented.expandtabs(4)
+    host, pod = net.namespace("host"), net.namespace("pod")
+    link = net.veth(host, pod)
+    pod.route("default", via=link.a_ipv4.ip)
+    host.route("default", via=link.b_ipv4.ip)  # a real host routes 169.254.170.2 somewhere
+    listen(host, 9911, "127.0.0.1")
+    (tmp_path / "credential-sidecar.nft").write_text(NFT_RULES)
+    for command in up:
+        host.run(["sh", "-c", command.replace("docker0", link.a_name)], cwd=tmp_path)
+    capability = [sys.executable, "-c", CLIENT, "169.254.170.2"]
+    assert pod.run(capability).stdout.splitlines() == ["127.0.0.1"]
+    assert host.run(capability).stdout.splitlines() == ["127.0.0.1"]
+    for command in down:
+        host.run(["sh", "-c", command.replace("docker0", link.a_name)], cwd=tmp_path)
+    nat = host.run(["iptables-save"] if tool == "iptables" else ["nft", "list", "ruleset"])
+    assert "169.254.170.2" not in nat.stdout
 
 
 def test_namespaces_unavailable_names_the_missing_tools(
