@@ -61,6 +61,8 @@ _ALLOWED: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
     ipaddress.IPv6Network("fc00::/7"),  # IPv6 unique local (RFC 4193)
 )
 _IFNAMSIZ = 16  # the kernel's limit, including the terminating NUL
+_MAX_ADDRESSES = 16  # a handful is the use; more is a mistake (or a loop gone wrong)
+_SHOWN = 64  # characters of a bad argument quoted back in an error
 
 # rtnetlink, from <linux/netlink.h>, <linux/rtnetlink.h> and <linux/if_addr.h>.
 _NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
@@ -157,7 +159,12 @@ def parse_addresses(addresses: Iterable[str | Address]) -> list[Address]:
     """The addresses, checked and without duplicates; every bad one named in one error."""
     parsed: list[Address] = []
     problems: list[str] = []
-    for item in addresses:
+    items = list(addresses)
+    if len(items) > _MAX_ADDRESSES:
+        raise LinkLocalAddressError(
+            [f"{len(items)} addresses given; at most {_MAX_ADDRESSES} at once"]
+        )
+    for item in items:
         try:
             address = item if not isinstance(item, str) else _parse(item)
         except ValueError as exc:
@@ -214,16 +221,17 @@ def interface_is_up(interface: str) -> bool:
 
 
 def _parse(text: str) -> Address:
+    shown = repr(text[:_SHOWN]) + ("..." if len(text) > _SHOWN else "")
     if "/" in text:
         raise ValueError(
-            f"{text!r}: give the address without a prefix length; it is always added as "
+            f"{shown}: give the address without a prefix length; it is always added as "
             "/32 (IPv4) or /128 (IPv6)"
         )
     try:
         return ipaddress.ip_address(text.strip())
     except ValueError:
         raise ValueError(
-            f"{text!r} is not an IP address: expected e.g. {CAPABILITY_ADDRESS} or "
+            f"{shown} is not an IP address: expected e.g. {CAPABILITY_ADDRESS} or "
             f"{NODE_AGENT_ADDRESSES[1]} (no brackets, no port)"
         ) from None
 
@@ -238,7 +246,7 @@ def _interface_name(interface: str) -> str:
         or any(c.isspace() for c in interface)
     ):
         raise InterfaceNotFoundError(
-            f"{interface!r} is not a valid interface name (1 to {_IFNAMSIZ - 1} bytes, "
+            f"{interface[:_SHOWN]!r} is not a valid interface name (1 to {_IFNAMSIZ - 1} bytes, "
             f"no '/', ':' or spaces); the default is {DEFAULT_INTERFACE}"
         )
     return interface

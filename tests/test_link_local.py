@@ -219,6 +219,11 @@ def test_parse_addresses_names_every_bad_address() -> None:
     ]
     with pytest.raises(LinkLocalAddressError):
         parse_addresses([])
+    with pytest.raises(LinkLocalAddressError, match="at most 16"):
+        parse_addresses([f"169.254.1.{n}" for n in range(17)])
+    with pytest.raises(LinkLocalAddressError) as huge:
+        parse_addresses(["9" * 100_000])
+    assert len(str(huge.value)) < 300
 
 
 # A listener: argv is PORT ADDRESS...; one socket per address, each answering every
