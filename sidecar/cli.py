@@ -1,4 +1,5 @@
-"""Command line: ``serve``, ``exec -- COMMAND``, ``inspect``, ``health``, ``node-agent``.
+"""Command line: ``serve``, ``exec -- COMMAND``, ``inspect``, ``health``, ``node-agent``,
+``link-local``.
 The only module that exits.
 
 Every flag can also come from an environment variable (listed in ``--help``), so
@@ -45,6 +46,17 @@ from sidecar.logs import configure_logging
 from sidecar.node_agent import RunningAgent, add_listen_addresses, running_node_agent
 from sidecar.outputs.execute import ExecSignals, loopback_url, prepare_environment, wait_ready
 from sidecar.outputs.health import probe_ready
+from sidecar.outputs.link_local import (
+    CAPABILITY_ADDRESS,
+    DEFAULT_INTERFACE,
+    InterfaceNotFoundError,
+    LinkLocalAddressError,
+    LinkLocalError,
+    Outcome,
+    add_addresses,
+    interface_is_up,
+    remove_addresses,
+)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # an unexpected error (a bug): the traceback is logged
@@ -53,6 +65,7 @@ EXIT_LISTEN = 3  # cannot bind the listen address (in use, not local, no permiss
 EXIT_PROBLEMS = 4  # inspect: the token or the trust policy would be refused
 EXIT_UNAVAILABLE = 5  # exec: no credentials within --wait, the command was not run
 EXIT_UNHEALTHY = 1  # health: not ready (a container HEALTHCHECK knows only 0 and 1)
+EXIT_LINK_LOCAL = 6  # link-local: the kernel refused (no CAP_NET_ADMIN, ...)
 
 log = logging.getLogger("sidecar")
 
@@ -144,6 +157,28 @@ def build_parser() -> argparse.ArgumentParser:
     token_parser.add_argument("--service-account", required=True)
     token_parser.add_argument("--issuer", required=True, help="the dev issuer URL it printed")
     token_parser.add_argument("--ttl", type=float, default=3600.0, metavar="SECONDS")
+    link_parser = commands.add_parser(
+        "link-local",
+        help="add (up) or remove (down) the link-local addresses to listen on; needs CAP_NET_ADMIN",
+        description="Put link-local addresses on an interface of this host (up) or take "
+        "them off (down), as /32 or /128, so a listener can bind them: 169.254.170.2 for "
+        "the ECS capability endpoint, 169.254.170.23 and fd00:ec2::23 for the node agent. "
+        "Idempotent. Needs root or CAP_NET_ADMIN. See docs/link-local.md.",
+    )
+    link_parser.add_argument("action", choices=("up", "down"))
+    link_parser.add_argument(
+        "--address",
+        action="append",
+        metavar="ADDR",
+        help="an IPv4 link-local (169.254.0.0/16) or IPv6 unique local (fc00::/7) address; "
+        f"repeatable [default {CAPABILITY_ADDRESS}]",
+    )
+    link_parser.add_argument(
+        "--interface",
+        default=DEFAULT_INTERFACE,
+        metavar="NAME",
+        help=f"the interface to put them on [default {DEFAULT_INTERFACE}]",
+    )
     return parser
 
 
@@ -323,8 +358,33 @@ async def inspect_token(
     return EXIT_OK if report.ok else EXIT_PROBLEMS
 
 
+def link_local(action: str, addresses: Sequence[str], interface: str) -> int:
+    """``link-local up|down``: one line per address on stdout, problems on stderr."""
+    change = add_addresses if action == "up" else remove_addresses
+    try:
+        results = change(addresses or [str(CAPABILITY_ADDRESS)], interface)
+    except LinkLocalError as exc:
+        print(f"credential-sidecar: {exc}", file=sys.stderr)
+        bad_input = isinstance(exc, (LinkLocalAddressError, InterfaceNotFoundError))
+        return EXIT_CONFIG if bad_input else EXIT_LINK_LOCAL
+    for result in results:
+        if result.outcome is Outcome.IPV6_DISABLED:
+            print(f"credential-sidecar: warning: {result.describe()}", file=sys.stderr)
+        else:
+            print(result.describe())
+    if action == "up" and not interface_is_up(interface):
+        print(
+            f"credential-sidecar: warning: {interface} is down, so nothing reaches these "
+            f"addresses until `ip link set {interface} up`",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.command == "link-local":
+        sys.exit(link_local(args.action, args.address or [], args.interface))
     if args.command == "node-agent":
         flags = {s.name: getattr(args, s.name, None) for s in NODE_SETTINGS}
         sys.exit(_run(run_node_agent(flags, os.environ)))
@@ -411,6 +471,9 @@ async def run_node_agent(
             if config.setup_addresses:
                 await add_listen_addresses(config)
             agent = await stack.enter_async_context(running_node_agent(config))
+        except LinkLocalError as exc:
+            print(f"credential-sidecar node-agent: {exc}", file=sys.stderr)
+            return EXIT_LINK_LOCAL
         except ConfigError as exc:
             print(f"credential-sidecar node-agent: {exc}", file=sys.stderr)
             return EXIT_CONFIG

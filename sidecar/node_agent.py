@@ -32,6 +32,7 @@ from sidecar.exchange.rate_cap import StsRateCap
 from sidecar.exchange.sts import StsClient
 from sidecar.outputs.endpoint import CREDENTIALS_PATH, create_app
 from sidecar.outputs.http import LogThrottle
+from sidecar.outputs.link_local import add_addresses
 from sidecar.outputs.listener import AcceptErrorThrottle, ListenerGuard
 from sidecar.outputs.ratelimit import FailureLimiter
 from sidecar.outputs.serving import base_url, listen, listener_limits
@@ -202,6 +203,21 @@ async def running_node_agent(
         yield RunningAgent(tuple(urls), tenancy, pool, associations, keys)
         log.info("stopping: no longer accepting connections", extra={"event": "stopping"})
     log.info("stopped", extra={"event": "stopped"})
+
+
+async def add_listen_addresses(config: NodeAgentConfig) -> None:
+    """``--setup-addresses``: put the link-local ``--listen`` addresses on ``--interface``
+    (raises ``LinkLocalError``, e.g. without CAP_NET_ADMIN)."""
+    wanted = []
+    for host, _ in config.listen:
+        with contextlib.suppress(ValueError):
+            address = ipaddress.ip_address(host)
+            if address.is_link_local or address in ipaddress.ip_network("fc00::/7"):
+                wanted.append(host)
+    if not wanted:
+        return
+    for change in await asyncio.to_thread(add_addresses, wanted, config.interface):
+        log.info(change.describe(), extra={"event": "address_setup"})
 
 
 def _is_ipv6(host: str) -> bool:
