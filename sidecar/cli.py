@@ -500,7 +500,8 @@ def dev_pod_token(issuer: str, namespace: str, account: str, ttl: float) -> int:
         return EXIT_CONFIG
     try:
         with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
-            print(response.read(64 * 1024).decode())
+            # No newline: like a projected token file (botocore refuses one in a header).
+            print(response.read(64 * 1024).decode(), end="", flush=True)
     except OSError as exc:
         print(
             f"credential-sidecar: the dev issuer at {issuer} did not answer: {exc}", file=sys.stderr
