@@ -332,7 +332,8 @@ async def exec_child(
             try:
                 env = prepare_environment(
                     environ,
-                    started.running,
+                    started.running.url,
+                    started.running.auth_token_file,
                     started.config,
                     Path(private),
                     dev_sts_url=started.dev.sts_url if started.dev else None,

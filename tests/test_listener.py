@@ -20,10 +20,10 @@ from aiohttp import web
 
 from sidecar.config import load_config
 from sidecar.config.model import ListenerLimits
+from sidecar.core import fdlimit
 from sidecar.core.errors import ConfigError
+from sidecar.core.fdlimit import raise_open_file_limit
 from sidecar.logs import JsonFormatter, TextFormatter
-from sidecar.outputs import fdlimit
-from sidecar.outputs.fdlimit import raise_open_file_limit
 from sidecar.outputs.listener import (
     ACCEPT_ERROR,
     AcceptErrorThrottle,

@@ -17,13 +17,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from sidecar.core import fdlimit
 from sidecar.core.bounded_command import run_bounded
 from sidecar.core.clock import SystemClock
 from sidecar.core.errors import TokenError
+from sidecar.core.fdlimit import raise_open_file_limit
 from sidecar.core.safe_read import OffLoopReader, read_small_file
 from sidecar.devmode.issuer import OidcIssuer
-from sidecar.outputs import fdlimit
-from sidecar.outputs.fdlimit import raise_open_file_limit
 from sidecar.sources.command import CommandTokenSource
 from sidecar.sources.env import EnvTokenSource
 from sidecar.sources.file import FileTokenSource

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.outputs.fdlimit import restore_for_child
+from sidecar.core.fdlimit import restore_for_child
 
 _CHUNK = 16384
 

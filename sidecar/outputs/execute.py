@@ -26,10 +26,9 @@ from urllib.parse import urlsplit, urlunsplit
 from sidecar.cache.refresher import Refresher
 from sidecar.config import Config
 from sidecar.config.settings import CI_TOKEN_VARIABLES
+from sidecar.core.fdlimit import restore_for_child
 from sidecar.core.secret import Secret
-from sidecar.daemon import Running
 from sidecar.outputs.aws_files import profile_settings, write_child_files
-from sidecar.outputs.fdlimit import restore_for_child
 from sidecar.sources.base import DEFAULT_AUDIENCE, audiences_of
 from sidecar.sources.env import EnvSource
 from sidecar.tenancy.auth_tokens import read_token_file
@@ -165,7 +164,8 @@ def child_environment(
 
 def prepare_environment(
     environ: Mapping[str, str],
-    running: Running,
+    url: str,
+    auth_token_file: str | None,
     config: Config,
     private: Path,
     dev_sts_url: str | None = None,
@@ -175,7 +175,7 @@ def prepare_environment(
 
     Raises ``AuthTokenError`` if the auth token file cannot be read back.
     """
-    token_file = running.auth_token_file
+    token_file = auth_token_file
     token = Secret(read_token_file(Path(token_file))[0]) if token_file else None
     settings = profile_settings(environ)
     region_known = "region" in settings or any(
@@ -183,7 +183,7 @@ def prepare_environment(
     )
     return child_environment(
         environ,
-        ChildEndpoint(running.url, token_file, token),
+        ChildEndpoint(url, token_file, token),
         write_child_files(private, settings),
         daemon_token_variables(config),
         sts_endpoint=dev_sts_url,

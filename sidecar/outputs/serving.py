@@ -10,7 +10,7 @@ from aiohttp import web
 
 from sidecar.config.model import ListenerLimits
 from sidecar.core.errors import ListenError
-from sidecar.outputs.fdlimit import raise_open_file_limit
+from sidecar.core.fdlimit import raise_open_file_limit
 from sidecar.outputs.listener import GuardedSite, ListenerGuard, fit_to_fd_limit
 
 log = logging.getLogger(__name__)
