@@ -178,13 +178,19 @@ async def running_node_agent(
                     stack, app, host, port, "--listen", ListenerGuard(limits, "node-agent")
                 )
             except ListenError as exc:
+                if _link_local(host):
+                    exc = ListenError(
+                        f"{exc}; if {host} is not on this node yet, run `credential-sidecar "
+                        "link-local up` first (an init container with NET_ADMIN) or start the "
+                        "agent with --setup-addresses (docs/link-local.md)"
+                    )
                 if _is_ipv6(host):
                     # Nodes without IPv6 are common: never a crash loop (eks-pod-identity-agent#16).
                     log.warning(
                         "not serving on %s: %s", host, exc, extra={"event": "listen_skipped"}
                     )
                     continue
-                raise
+                raise exc from None
             urls.append(base_url(*bound, CREDENTIALS_PATH))
         if not urls:
             raise ListenError("could not listen on any --listen address")
@@ -208,16 +214,19 @@ async def running_node_agent(
 async def add_listen_addresses(config: NodeAgentConfig) -> None:
     """``--setup-addresses``: put the link-local ``--listen`` addresses on ``--interface``
     (raises ``LinkLocalError``, e.g. without CAP_NET_ADMIN)."""
-    wanted = []
-    for host, _ in config.listen:
-        with contextlib.suppress(ValueError):
-            address = ipaddress.ip_address(host)
-            if address.is_link_local or address in ipaddress.ip_network("fc00::/7"):
-                wanted.append(host)
+    wanted = [host for host, _ in config.listen if _link_local(host)]
     if not wanted:
         return
     for change in await asyncio.to_thread(add_addresses, wanted, config.interface):
         log.info(change.describe(), extra={"event": "address_setup"})
+
+
+def _link_local(host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_link_local or address in ipaddress.ip_network("fc00::/7")
 
 
 def _is_ipv6(host: str) -> bool:
