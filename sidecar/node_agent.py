@@ -60,8 +60,12 @@ class RunningAgent:
     keys: KeySource
 
     def reload(self) -> None:
-        """SIGHUP: re-read the associations now."""
+        """SIGHUP: re-read the associations now, and retry at once every identity that has
+        no credentials (an operator just fixed a trust policy)."""
         self.associations.reload()
+        for _, entry in self.pool.items():
+            if not entry.refresher.ready:
+                entry.refresher.refresh_soon()
 
 
 async def _background(stack: contextlib.AsyncExitStack, work: Awaitable[Any], name: str) -> None:

@@ -153,6 +153,11 @@ class Refresher:
     def ready(self) -> bool:
         return self.servable() is not None
 
+    @property
+    def last_error(self) -> str | None:
+        """Why the last exchange failed (safe to show: never a secret), None after a success."""
+        return self._last_error_text
+
     async def wait_servable(self, at_most: float) -> Snapshot | None:
         """A servable snapshot, waiting up to ``at_most`` seconds for one (cold start only).
 

@@ -95,10 +95,12 @@ class CredentialsHandler:
         request[ROLE] = grant.role
         snap = await grant.refresher.wait_servable(self._cold_start_wait)
         if snap is None:
+            failure = grant.refresher.last_error
             return answer(
                 Unavailable(
                     f"no valid credentials for role {grant.role} yet; the daemon keeps "
-                    "retrying STS (see its log and /readyz)"
+                    "retrying STS"
+                    + (f". Last error: {failure}" if failure else " (see its log and /readyz)")
                 )
             )
         if self._audit:
