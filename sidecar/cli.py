@@ -129,24 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         "with, authenticated by the pod's projected service-account token (verified here "
         "against the cluster issuer's keys) and exchanged with STS as the pod itself.",
     )
-    for setting in NODE_SETTINGS:
-        default = f"; default {setting.default}" if setting.default is not None else ""
-        if setting.switch:
-            node_parser.add_argument(
-                setting.flag,
-                dest=setting.name,
-                action="store_const",
-                const="1",
-                help=f"{setting.help} [env {setting.env}=1]",
-            )
-        else:
-            node_parser.add_argument(
-                setting.flag,
-                dest=setting.name,
-                metavar="VALUE",
-                action="append" if setting.repeatable else "store",
-                help=f"{setting.help} [env {setting.env}{default}]",
-            )
+    _add_settings(node_parser, NODE_SETTINGS)
     token_parser = commands.add_parser(
         "dev-pod-token",
         help="print a pod token minted by `node-agent --dev`'s issuer",
@@ -199,6 +182,7 @@ def _add_settings(parser: argparse.ArgumentParser, settings: Sequence[Setting]) 
                 setting.flag,
                 dest=setting.name,
                 metavar="VALUE",
+                action="append" if setting.repeatable else "store",
                 help=f"{setting.help} [env {sources}{default}]",
             )
 

@@ -191,6 +191,25 @@ def hop_config(table: Any, where: str, first: bool, check: Checker) -> HopConfig
     )
 
 
+def role_hops(table: Mapping[str, Any], where: str, check: Checker) -> tuple[HopConfig, ...] | None:
+    """A role's hops: ``role_arn`` and its options (one hop), or ``hops = [...]`` (a chain)."""
+    if "hops" in table:
+        if "role_arn" in table:
+            check.add(f"{where}: give either role_arn or hops, not both")
+        hop_tables = table["hops"] if isinstance(table["hops"], list) else []
+        if not hop_tables:
+            check.add(f"{where}.hops must be a non-empty array of tables ([[...hops]])")
+            return None
+        return tuple(
+            hop_config(h, f"{where}.hops[{i}]", i == 0, check) for i, h in enumerate(hop_tables)
+        )
+    single = {k: v for k, v in table.items() if k in HOP_KEYS}
+    if "role_arn" not in single:
+        check.add(f"{where} needs role_arn (or hops)")
+        return None
+    return (hop_config(single, where, True, check),)
+
+
 def _role(
     name: str, table: Any, raw: Raw, environ: Mapping[str, str], check: Checker
 ) -> RoleConfig | None:
@@ -201,22 +220,9 @@ def _role(
         check.add(f"{where} must be a table")
         return None
     _unknown(table, ROLE_KEYS, where, check)
-    if "hops" in table:
-        if "role_arn" in table:
-            check.add(f"{where}: give either role_arn or hops, not both")
-        hop_tables = table["hops"] if isinstance(table["hops"], list) else []
-        if not hop_tables:
-            check.add(f"{where}.hops must be a non-empty array of tables ([[roles.{name}.hops]])")
-            return None
-        hops = tuple(
-            hop_config(h, f"{where}.hops[{i}]", i == 0, check) for i, h in enumerate(hop_tables)
-        )
-    else:
-        single = {k: v for k, v in table.items() if k in HOP_KEYS}
-        if "role_arn" not in single:
-            check.add(f"{where} needs role_arn (or hops)")
-            return None
-        hops = (hop_config(single, where, True, check),)
+    hops = role_hops(table, where, check)
+    if hops is None:
+        return None
 
     role_raw = dict(raw)
     if "token" in table:

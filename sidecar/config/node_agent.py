@@ -11,7 +11,13 @@ from urllib.parse import urlsplit
 
 from sidecar.config.checks import Checker, shown
 from sidecar.config.model import ListenerLimits, RefreshPolicy, StsConfig
-from sidecar.config.settings import LOG_FORMATS, LOG_LEVELS, REGIONAL_ENDPOINTS, parse_listen
+from sidecar.config.settings import (
+    LOG_FORMATS,
+    LOG_LEVELS,
+    REGIONAL_ENDPOINTS,
+    Setting,
+    parse_listen,
+)
 from sidecar.core.errors import ConfigError
 from sidecar.sources.base import DEFAULT_AUDIENCE
 
@@ -20,24 +26,12 @@ DEFAULT_LISTEN = ("169.254.170.23:80", "[fd00:ec2::23]:80")
 DEV_LISTEN = ("127.0.0.1:9923",)
 
 
-@dataclass(frozen=True)
-class NodeSetting:
-    name: str
-    flag: str
-    env: str
-    default: str | None
-    help: str
-    repeatable: bool = False
-    switch: bool = False
+def _n(name: str, default: str | None, help: str, **kw: bool) -> Setting:
+    env = "SIDECAR_NODE_" + name.upper()
+    return Setting(name, "--" + name.replace("_", "-"), (env,), default, help, **kw)
 
 
-def _n(name: str, default: str | None, help: str, **kw: bool) -> NodeSetting:
-    return NodeSetting(
-        name, "--" + name.replace("_", "-"), "SIDECAR_NODE_" + name.upper(), default, help, **kw
-    )
-
-
-NODE_SETTINGS: tuple[NodeSetting, ...] = (
+NODE_SETTINGS: tuple[Setting, ...] = (
     _n(
         "listen",
         ",".join(DEFAULT_LISTEN),
@@ -69,15 +63,15 @@ NODE_SETTINGS: tuple[NodeSetting, ...] = (
     _n("refresh_jitter", "0.2", "refresh up to this fraction of the refresh-ahead time early"),
     _n("log_format", "text", "text or json"),
     _n("log_level", "info", "debug, info, warning or error"),
-    _n("audit_log", None, "log every served request (role, subject, client)", switch=True),
+    _n("audit_log", None, "log every served request (role, subject, client)", is_switch=True),
     _n(
         "setup_addresses",
         None,
         "add the link-local --listen addresses to --interface first (needs CAP_NET_ADMIN)",
-        switch=True,
+        is_switch=True,
     ),
     _n("interface", "lo", "where --setup-addresses puts the addresses"),
-    _n("dev", None, "embedded issuer and STS emulator, two demo associations", switch=True),
+    _n("dev", None, "embedded issuer and STS emulator, two demo associations", is_switch=True),
 )
 
 
@@ -121,7 +115,7 @@ def load_node_agent_config(
             else ",".join(flag_value) or None
         )
         candidates = [(given, s.flag), ((dev_overrides or {}).get(s.name), "dev mode")]
-        candidates.append((environ.get(s.env) or None, s.env))
+        candidates.append((environ.get(s.envs[0]) or None, s.envs[0]))
         raw[s.name] = next(((v, w) for v, w in candidates if v is not None), (s.default, "default"))
 
     def value(name: str) -> str:

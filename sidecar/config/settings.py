@@ -44,6 +44,8 @@ class Setting:
     default: str | None
     help: str
     is_switch: bool = False
+    #: The flag may be given several times (its values are joined with commas).
+    repeatable: bool = False
 
 
 def _s(name: str, envs: tuple[str, ...], default: str | None, help: str, **kw: Any) -> Setting:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.config.checks import Checker, check_accounts_of, shown
-from sidecar.config.file import HOP_KEYS, hop_config
+from sidecar.config.file import HOP_KEYS, role_hops
 from sidecar.config.model import RoleConfig
 from sidecar.core.errors import ConfigError
 from sidecar.core.safe_read import read_small_file
@@ -116,21 +116,9 @@ def _association(table: Any, where: str, audience: str, check: Checker) -> Assoc
         names.append(value)
     namespace, service_account = names
     where = f"{where} ({namespace}/{service_account})"
-    if "hops" in table:
-        if "role_arn" in table:
-            check.add(f"{where}: give either role_arn or hops, not both")
-        hop_tables = table["hops"] if isinstance(table["hops"], list) else []
-        if not hop_tables:
-            check.add(f"{where}: hops must be a non-empty array of tables")
-            return None
-        hops = tuple(
-            hop_config(h, f"{where}.hops[{i}]", i == 0, check) for i, h in enumerate(hop_tables)
-        )
-    else:
-        if "role_arn" not in table:
-            check.add(f"{where} needs role_arn (or hops)")
-            return None
-        hops = (hop_config({k: v for k, v in table.items() if k in HOP_KEYS}, where, True, check),)
+    hops = role_hops(table, where, check)
+    if hops is None:
+        return None
     accounts = table.get("allowed_accounts", [])
     if not isinstance(accounts, list) or not all(isinstance(a, str) for a in accounts):
         check.add(f"{where}.allowed_accounts must be a list of strings")
