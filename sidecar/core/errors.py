@@ -14,7 +14,9 @@
     │   ├── ExportError           an export format or profile name is unknown or unusable
     │   └── CredentialsFileError  the shared-credentials file cannot be updated safely
     └── Refusal                   a request for credentials is refused (tenancy, endpoint)
+        ├── BadRequest            400: a malformed request (a header out of range)
         ├── NotFound              404: no such role, no default role
+        ├── MethodNotAllowed      405: the path exists, for another method
         ├── Unauthenticated       401: no credential presented, or one that is not valid
         ├── Forbidden             403: a valid credential that does not open this role
         └── Unavailable           503: nothing servable yet (retry shortly)
@@ -177,6 +179,18 @@ class Refusal(SidecarError):
         #: The refusal log's event name, for refusals worth a (rate-limited) warning: a
         #: wrong credential may be an attack; an unknown path is just a typo.
         self.log_event = log_event
+
+
+class BadRequest(Refusal):
+    status = 400
+    json_code = "BadRequest"
+    reason = "bad_request"
+
+
+class MethodNotAllowed(Refusal):
+    status = 405
+    json_code = "MethodNotAllowed"
+    reason = "method"
 
 
 class NotFound(Refusal):

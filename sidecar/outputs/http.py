@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from sidecar.core.errors import SidecarError
+from sidecar.core.errors import Refusal, SidecarError
 from sidecar.core.metrics import Metrics
 from sidecar.outputs.ratelimit import FailureLimiter
 
@@ -57,6 +57,9 @@ def answer(error: SidecarError) -> web.Response:
 async def json_errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         response = await handler(request)
+    except Refusal as exc:
+        # Handlers raise refusals; each carries its own status, code and headers.
+        response = answer(exc)
     except web.HTTPException as exc:
         # aiohttp's own 404/405: answer in JSON like everything else, never redirect.
         response = error_response(exc.status, exc.reason.replace(" ", ""), exc.reason)

@@ -37,6 +37,14 @@ from aiohttp import web
 
 from sidecar.cache.refresher import Refresher, Snapshot
 from sidecar.core.credentials import format_expiration
+from sidecar.core.errors import (
+    BadRequest,
+    Forbidden,
+    MethodNotAllowed,
+    NotFound,
+    Unauthenticated,
+    Unavailable,
+)
 from sidecar.core.metrics import Metrics
 from sidecar.outputs.http import (
     DEFAULT_REFUSAL_LOG_BUDGET,
@@ -48,7 +56,6 @@ from sidecar.outputs.http import (
     ROUTE,
     Handler,
     LogThrottle,
-    error_response,
     json_errors_and_metrics,
 )
 from sidecar.outputs.ratelimit import FailureLimiter
@@ -152,39 +159,31 @@ def create_imds_app(
 
     async def issue_token(request: web.Request) -> web.Response:
         if "X-Forwarded-For" in request.headers:
-            return error_response(
-                403, "Forbidden", "token requests that came through a proxy are refused"
-            )
+            raise Forbidden("token requests that came through a proxy are refused", "Forbidden")
         try:
             ttl = int(request.headers.get(TTL_HEADER, ""))
         except ValueError:
             ttl = 0
         if not 1 <= ttl <= 21600:
-            return error_response(400, "InvalidTTL", f"{TTL_HEADER} must be 1..21600")
+            raise BadRequest(f"{TTL_HEADER} must be 1..21600", "InvalidTTL")
         return web.Response(text=tokens.issue(ttl), headers={TTL_HEADER: str(ttl)})
 
-    def authorised(request: web.Request) -> bool:
-        return tokens.valid(request.headers.get(TOKEN_HEADER))
+    def authorise(request: web.Request) -> None:
+        if not tokens.valid(request.headers.get(TOKEN_HEADER)):
+            raise Unauthenticated(f"send a session token in {TOKEN_HEADER}")
 
     async def list_roles(request: web.Request) -> web.Response:
-        if not authorised(request):
-            return error_response(401, "Unauthorized", f"send a session token in {TOKEN_HEADER}")
+        authorise(request)
         return web.Response(text=name)
 
     async def credentials(request: web.Request, asked: str) -> web.Response:
-        if not authorised(request):
-            return error_response(401, "Unauthorized", f"send a session token in {TOKEN_HEADER}")
+        authorise(request)
         if asked != name:
-            return error_response(404, "NotFound", f"this endpoint serves only the role {name}")
+            raise NotFound(f"this endpoint serves only the role {name}")
         request[ROLE] = refresher.name
         snap = await refresher.wait_servable(cold_start_wait)
         if snap is None:
-            return error_response(
-                503,
-                "CredentialsUnavailable",
-                "no valid credentials yet; the daemon keeps retrying STS",
-                headers={"Retry-After": "1"},
-            )
+            raise Unavailable("no valid credentials yet; the daemon keeps retrying STS")
         return web.Response(body=rendered(snap), content_type="application/json", headers=NO_STORE)
 
     exact: dict[str, tuple[str, Handler]] = {
@@ -203,12 +202,10 @@ def create_imds_app(
             request[ROUTE] = CREDENTIALS_PATH + "{name}"
             method, handler = "GET", functools.partial(credentials, asked=asked)
         if handler is None:
-            return error_response(404, "NotFound", f"no such IMDS path: {path[:100]}")
+            raise NotFound(f"no such IMDS path: {path[:100]}")
         request.setdefault(ROUTE, path)
         if request.method != method:
-            return error_response(
-                405, "MethodNotAllowed", f"use {method} for {path}", headers={"Allow": method}
-            )
+            raise MethodNotAllowed(f"use {method} for {path}", headers={"Allow": method})
         return await handler(request)
 
     app.router.add_route("*", "/{path:.*}", dispatch)
