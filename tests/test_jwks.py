@@ -260,6 +260,7 @@ async def test_run_retries_soon_while_nothing_is_loaded(
         (200, {"issuer": "https://elsewhere.example.com"}, None, r"names issuer .*--issuer must"),
         (200, {"jwks_uri": None}, None, r'no "jwks_uri"'),
         (200, {"jwks_uri": "http://keys.example.com/keys"}, None, r"plain http://"),
+        (200, {"jwks_uri": "https://a..b/keys"}, None, r"is not a valid URL"),
         (200, {}, b"not json", r"is not a JSON document"),
         (200, {}, b'{"keys": "x"}', r"is not a JWKS"),
         (200, {}, b'{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}', r"no usable RSA or EC"),

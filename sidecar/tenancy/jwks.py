@@ -361,6 +361,8 @@ class DiscoveryKeys(_CachedKeys):
             raise KeySourceError(
                 f"{problem} is unreachable ({type(exc).__name__}): {fix}"
             ) from None
+        except ValueError:  # yarl refusing a URL that urlsplit accepted
+            raise KeySourceError(f"{problem} is not a valid URL: {fix}") from None
         if status != 200:
             raise KeySourceError(f"{problem} returned HTTP {status}: {fix}")
         if body is None:
