@@ -58,7 +58,7 @@ def call(namespace: netns.Namespace, function: str, *addresses: str, interface: 
     script = textwrap.dedent(
         f"""
         import json
-        from sidecar import link_local
+        from sidecar.outputs import link_local
         try:
             changes = link_local.{function}({list(addresses)!r}, {interface!r})
         except link_local.LinkLocalError as exc:
@@ -144,7 +144,7 @@ def test_without_cap_net_admin_the_error_says_how_to_grant_it(host: netns.Namesp
     assert "CAP_NET_ADMIN" in done.stderr and "capabilities.add: [NET_ADMIN]" in done.stderr
     assert "Traceback" not in done.stderr
     assert host.addresses("lo") == ["127.0.0.1/8", "::1/128"]
-    script = "from sidecar import link_local; link_local.remove_addresses(['169.254.170.2'], 'lo')"
+    script = "from sidecar.outputs import link_local; link_local.remove_addresses(['169.254.170.2'], 'lo')"
     refused = host.run([*WITHOUT_NET_ADMIN, sys.executable, "-c", script], check=False)
     assert "sidecar.outputs.link_local.NetAdminRequiredError" in refused.stderr
 
@@ -197,7 +197,7 @@ def test_an_unexpected_refusal_carries_the_kernels_words(host: netns.Namespace) 
     script = textwrap.dedent(
         """
         import errno, ipaddress, socket
-        from sidecar import link_local as ll
+        from sidecar.outputs import link_local as ll
         message = ll._address_message(ipaddress.ip_address("fd00::1"), socket.if_nametoindex("lo"))
         with ll._Netlink() as netlink:
             code, words = netlink.request(ll._RTM_NEWADDR, ll._NLM_F_CREATE, message)
