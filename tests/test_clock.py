@@ -91,3 +91,48 @@ async def test_fake_timeout_left_early_is_harmless() -> None:
         await settle()
     await clock.advance(20)
     assert clock.next_wakeup() is None
+
+
+async def test_many_sleepers_share_one_driver() -> None:
+    """Thousands of sleepers cost one timer that wakes once per chunk, not once per sleeper;
+    each still wakes after its own deadline, in order."""
+    host = Host()
+    clock = SystemClock(boot_time=host.boot_time, loop_sleep=host.loop_sleep, chunk=1.0)
+    woke: list[float] = []
+
+    async def nap(seconds: float) -> None:
+        await clock.sleep(seconds)
+        woke.append(seconds)
+
+    await asyncio.gather(*(nap(3 + (n % 50) / 10) for n in range(2000)))
+    assert woke == sorted(woke)
+    # One nap per chunk and per distinct deadline (50), never one per sleeper (2000 x 4).
+    assert len(host.sleeps) <= 3 + 50 + 5
+    assert host.boot == pytest.approx(3 + 4.9)
+
+
+async def test_a_shorter_sleep_is_not_held_up_by_longer_ones() -> None:
+    """A short sleep started after long ones wakes the shared driver early."""
+    clock = SystemClock()
+    order: list[str] = []
+
+    async def nap(name: str, seconds: float) -> None:
+        await clock.sleep(seconds)
+        order.append(name)
+
+    long = [asyncio.create_task(nap("long", 0.6)) for _ in range(100)]
+    await settle()
+    await nap("short", 0.05)
+    assert order == ["short"]
+    await asyncio.gather(*long)
+
+
+async def test_a_cancelled_sleeper_stops_the_driver() -> None:
+    """With no live sleeper left the driver task ends instead of waking every chunk."""
+    clock = SystemClock()
+    sleeper = asyncio.create_task(clock.sleep(3600))
+    await settle()
+    sleeper.cancel()
+    await asyncio.gather(sleeper, return_exceptions=True)
+    await asyncio.sleep(0.05)
+    assert all(task.get_name() != "clock" for task in asyncio.all_tasks())

@@ -144,7 +144,10 @@ def test_without_cap_net_admin_the_error_says_how_to_grant_it(host: netns.Namesp
     assert "CAP_NET_ADMIN" in done.stderr and "capabilities.add: [NET_ADMIN]" in done.stderr
     assert "Traceback" not in done.stderr
     assert host.addresses("lo") == ["127.0.0.1/8", "::1/128"]
-    script = "from sidecar.outputs import link_local; link_local.remove_addresses(['169.254.170.2'], 'lo')"
+    script = (
+        "from sidecar.outputs import link_local; "
+        "link_local.remove_addresses(['169.254.170.2'], 'lo')"
+    )
     refused = host.run([*WITHOUT_NET_ADMIN, sys.executable, "-c", script], check=False)
     assert "sidecar.outputs.link_local.NetAdminRequiredError" in refused.stderr
 
