@@ -57,6 +57,7 @@ from sidecar.outputs.link_local import (
     interface_is_up,
     remove_addresses,
 )
+from sidecar.tenancy.capability import RELATIVE_PREFIX
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # an unexpected error (a bug): the traceback is logged
@@ -223,6 +224,13 @@ def dev_instructions(running: Running, dev: DevEnvironment) -> str:
         lines.append(
             f"# or, for IMDS clients: export AWS_EC2_METADATA_SERVICE_ENDPOINT="
             f"{shlex.quote(loopback_url(running.imds_url))}"
+        )
+    for name, path in running.relative_id_files.items():
+        # The id is a credential: the shell reads it, it is never printed.
+        lines.append(
+            f"# or, for clients that know only RELATIVE_URI (they connect to "
+            f"169.254.170.2:80), role {name}, instead of FULL_URI: "
+            f'AWS_CONTAINER_CREDENTIALS_RELATIVE_URI="{RELATIVE_PREFIX}$(cat {shlex.quote(path)})"'
         )
     lines += [
         f"export AWS_ENDPOINT_URL_STS={shlex.quote(dev.sts_url)}",

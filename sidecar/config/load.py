@@ -42,6 +42,8 @@ from sidecar.core.errors import ConfigError
 from sidecar.core.secret import holds_token
 from sidecar.sources.registry import kind_of
 
+#: Where every SDK sends AWS_CONTAINER_CREDENTIALS_RELATIVE_URI requests (port 80).
+RELATIVE_URI_HOST = "169.254.170.2"
 #: exec's defaults: a free loopback port, and only warnings on the stderr it shares.
 EXEC_DEFAULTS = {"listen": "127.0.0.1:0", "log_level": "warning"}
 #: Flags that choose a token source other than a file (dev mode's token file yields to them).
@@ -224,6 +226,29 @@ def load_config(
                 f"({', '.join(r.name for r in roles)})"
             )
 
+    relative_host, relative_port = None, 0
+    relative_dir = raw["relative_id_dir"][0]
+    if raw["relative_listen"][0]:
+        try:
+            relative_host, relative_port = parse_listen(raw["relative_listen"][0])
+        except ValueError as exc:
+            check.add(
+                f"{raw['relative_listen'][1]}={shown(raw['relative_listen'][0])} is not a "
+                f"listen address ({exc}): use 169.254.170.2:80 (after `credential-sidecar "
+                "link-local up`) or 127.0.0.1:9912"
+            )
+        if not relative_dir:
+            check.add(
+                "--relative-listen needs --relative-id-dir DIR: the directory keeping each "
+                "role's id (created 0700 if missing), so ids survive restarts"
+            )
+        elif holds_token(relative_dir):
+            check.add(
+                f"{raw['relative_id_dir'][1]}: this looks like a token, not a path: give the "
+                "directory that holds one id file per role"
+            )
+            relative_dir = None
+
     if not auth_text and not insecure and any(r.auth_token_file is None for r in roles):
         check.add(
             "no auth token file: pass --auth-token-file PATH (created with a random "
@@ -231,7 +256,7 @@ def load_config(
             "--insecure-no-auth"
         )
 
-    refusal_settings = request_limits(raw, host, insecure, imds_host, check)
+    refusal_settings = request_limits(raw, host, insecure, imds_host, check, relative_host)
 
     if check.problems:
         raise ConfigError(check.problems)
@@ -249,6 +274,9 @@ def load_config(
             imds_host=imds_host,
             imds_port=imds_port,
             imds_role=imds_role if imds_host is not None else None,
+            relative_host=relative_host,
+            relative_port=relative_port,
+            relative_id_dir=Path(relative_dir) if relative_host and relative_dir else None,
             **refusal_settings,
             limits=limits,
         ),
@@ -260,7 +288,12 @@ def load_config(
 
 
 def request_limits(
-    raw: Raw, host: str, insecure: bool, imds_host: str | None, check: Checker
+    raw: Raw,
+    host: str,
+    insecure: bool,
+    imds_host: str | None,
+    check: Checker,
+    relative_host: str | None = None,
 ) -> dict[str, Any]:
     """The refusal and rate-limit settings, and where listeners without client auth may bind.
 
@@ -269,7 +302,10 @@ def request_limits(
     """
     allow_network = truthy(raw["insecure_allow_unauthenticated_network_listener"][0])
     override = SETTINGS_BY_NAME["insecure_allow_unauthenticated_network_listener"].flag
-    unauthenticated = [(imds_host, raw["imds_listen"][1], "the IMDS listener")]
+    unauthenticated = [
+        (imds_host, raw["imds_listen"][1], "the IMDS listener"),
+        (relative_host, raw["relative_listen"][1], "the capability endpoint"),
+    ]
     if insecure:
         unauthenticated.append((host, raw["listen"][1], "--insecure-no-auth"))
     for bind, source, what in unauthenticated:
@@ -318,6 +354,7 @@ def _supplied_values(
         defaults.update(EXEC_DEFAULTS)
     dev = supplied.dev
     if dev is not None:
+        defaults["relative_id_dir"] = str(dev.directory / "relative-ids")
         # Rank just below flags (documented), so an ambient AWS_ROLE_ARN does not leak in.
         overrides.update(role_arn=dev.role_arn, sts_endpoint=dev.sts_endpoint, region=dev.region)
         # Detection prefers a token file: it must not hide a source a flag asked for.
@@ -396,6 +433,13 @@ def config_warnings(config: Config) -> list[str]:
             f"IMDS listener on {config.server.imds_host}:{config.server.imds_port} has no "
             f"client auth: anything that can reach it gets role {role.name} "
             f"({role.role_arn}); bind it to an address only your build containers reach"
+        )
+    relative = (config.server.relative_host, config.server.relative_port)
+    if relative[0] is not None and relative != (RELATIVE_URI_HOST, 80):
+        warnings.append(
+            f"--relative-listen {relative[0]}:{relative[1]}: clients given "
+            f"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI always connect to {RELATIVE_URI_HOST}:80, "
+            "so they reach this listener only through a DNAT rule (docs/link-local.md)"
         )
     if config.server.allow_network_listener:
         warnings.append(

@@ -102,6 +102,11 @@ class ServerConfig:
     imds_host: str | None = None
     imds_port: int = 0
     imds_role: str | None = None
+    #: The capability endpoint (``/v2/credentials/<id>``), off when relative_host is None;
+    #: one id file per role in relative_id_dir.
+    relative_host: str | None = None
+    relative_port: int = 0
+    relative_id_dir: Path | None = None
     #: Per client address: failing requests allowed at once, and refilled per second
     #: (None: no limit). Only 4xx answers spend them; see sidecar/ratelimit.py.
     failed_request_burst: int = 100
