@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import configparser
 import contextlib
 import ipaddress
 import re
@@ -14,6 +15,7 @@ from sidecar.config import file as config_file
 from sidecar.config.checks import Checker, check_accounts_of, shown
 from sidecar.config.model import (
     Config,
+    CredentialsFileConfig,
     HopConfig,
     ListenerLimits,
     RefreshPolicy,
@@ -38,8 +40,10 @@ from sidecar.config.settings import (
     split_list,
     truthy,
 )
-from sidecar.core.errors import ConfigError
+from sidecar.core.errors import ConfigError, ExportError
 from sidecar.core.secret import holds_token
+from sidecar.outputs.credentials_file import CLEAR_MODES
+from sidecar.outputs.exports import check_profile
 from sidecar.sources.registry import kind_of
 
 #: Where every SDK sends AWS_CONTAINER_CREDENTIALS_RELATIVE_URI requests (port 80).
@@ -256,6 +260,7 @@ def load_config(
             "--insecure-no-auth"
         )
 
+    credentials_file = credentials_file_config(raw, default_role, check)
     refusal_settings = request_limits(raw, host, insecure, imds_host, check, relative_host)
 
     if check.problems:
@@ -284,7 +289,45 @@ def load_config(
         log_level=log_level,
         dev=truthy(raw["dev"][0]),
         notes=tuple(check.notes),
+        credentials_file=credentials_file,
     )
+
+
+def credentials_file_config(
+    raw: Raw, default_role: str | None, check: Checker
+) -> CredentialsFileConfig | None:
+    """``--write-credentials-file`` and its companions, checked together."""
+    path = raw["write_credentials_file"][0]
+    profile = raw["profile"][0] or "default"
+    on_exit = (raw["credentials_file_on_exit"][0] or "").lower()
+    if on_exit not in CLEAR_MODES:
+        check.add(
+            f"{raw['credentials_file_on_exit'][1]}={shown(on_exit)} must be one of "
+            f"{', '.join(CLEAR_MODES)}"
+        )
+    try:
+        check_profile(profile)
+    except ExportError as exc:
+        check.add(f"{raw['profile'][1]}: {exc}")
+    if not path:
+        return None
+    if holds_token(path):
+        check.add(
+            f"{raw['write_credentials_file'][1]}: this looks like a token, not a path: give "
+            "the path of the shared-credentials file to keep current"
+        )
+        return None
+    if profile == configparser.DEFAULTSECT:
+        check.add(
+            f"{raw['profile'][1]}={shown(profile)} is the defaults section of an ini file, "
+            "which applies to every profile; choose another name (default is fine)"
+        )
+    if default_role is None:
+        check.add(
+            "--write-credentials-file writes the default role, and the config file names "
+            "none: set default_role"
+        )
+    return CredentialsFileConfig(Path(path), profile, on_exit)
 
 
 def request_limits(

@@ -119,6 +119,16 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class CredentialsFileConfig:
+    """``--write-credentials-file``: the default role kept in a shared-credentials file."""
+
+    path: Path
+    profile: str = "default"
+    #: What shutdown does: "remove", "empty" or "keep" (``outputs.credentials_file``).
+    on_exit: str = "remove"
+
+
+@dataclass(frozen=True)
 class Config:
     roles: tuple[RoleConfig, ...]
     #: The role served at /v1/credentials (None: only /v1/credentials/<name>).
@@ -131,6 +141,7 @@ class Config:
     dev: bool
     #: Valid but questionable choices, logged at startup.
     notes: tuple[str, ...] = ()
+    credentials_file: CredentialsFileConfig | None = None
 
     def role_named(self, name: str) -> RoleConfig:
         return next(r for r in self.roles if r.name == name)

@@ -214,6 +214,26 @@ SETTINGS: tuple[Setting, ...] = (
         "or link-local: anything that reaches it gets credentials",
         is_switch=True,
     ),
+    _s(
+        "write_credentials_file",
+        ("SIDECAR_WRITE_CREDENTIALS_FILE",),
+        None,
+        "keep the default role's credentials in this shared-credentials file, rewritten "
+        "atomically (0600) after every refresh; other profiles are kept",
+    ),
+    _s(
+        "profile",
+        ("SIDECAR_PROFILE",),
+        "default",
+        "the profile (section) --write-credentials-file and `credentials --format ini` write",
+    ),
+    _s(
+        "credentials_file_on_exit",
+        ("SIDECAR_CREDENTIALS_FILE_ON_EXIT",),
+        "remove",
+        "what shutdown does to --write-credentials-file: remove (the profile; the file if "
+        "nothing else is left), empty (the profile, keeping the file) or keep",
+    ),
     _s("log_format", ("SIDECAR_LOG_FORMAT",), "text", "text or json"),
     _s(
         "audit_log",
