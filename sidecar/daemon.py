@@ -30,6 +30,7 @@ from sidecar.core.metrics import Metrics
 from sidecar.exchange.sts import StsClient
 from sidecar.outputs.capability import create_capability_app
 from sidecar.outputs.endpoint import CREDENTIALS_PATH, create_app
+from sidecar.outputs.file_sink import credentials_file_sink
 from sidecar.outputs.http import LogThrottle
 from sidecar.outputs.imds import create_imds_app
 from sidecar.outputs.listener import AcceptErrorThrottle, ListenerGuard
@@ -205,6 +206,10 @@ async def running_daemon(
                 limiter,
                 refusals,
                 ListenerGuard(limits, "capability"),
+            )
+        if config.credentials_file is not None and config.default_role is not None:
+            await stack.enter_async_context(
+                credentials_file_sink(roles[config.default_role].refresher, config.credentials_file)
             )
         arns = {r.name: r.role_arn for r in config.roles}
         log.info(
