@@ -1,5 +1,5 @@
-"""Command line: ``serve``, ``exec -- COMMAND``, ``inspect``, ``health``, ``node-agent``,
-``link-local``.
+"""Command line: ``serve``, ``exec -- COMMAND``, ``credentials``, ``inspect``, ``health``,
+``node-agent``, ``link-local``.
 The only module that exits.
 
 Every flag can also come from an environment variable (listed in ``--help``), so
@@ -22,7 +22,7 @@ import urllib.request
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sidecar import __version__
 from sidecar.config import (
@@ -37,7 +37,15 @@ from sidecar.config import (
 )
 from sidecar.config.node_agent import NODE_SETTINGS, load_node_agent_config
 from sidecar.config.settings import LOG_LEVELS, TOKEN_SETTINGS, Setting
-from sidecar.core.errors import AuthTokenError, ConfigError, ListenError, SidecarError
+from sidecar.core.credentials import Credentials
+from sidecar.core.errors import (
+    AuthTokenError,
+    ConfigError,
+    FetchError,
+    ListenError,
+    OutputError,
+    SidecarError,
+)
 from sidecar.daemon import Running, running_daemon
 from sidecar.devmode.environment import DEV_REGION, DevEnvironment, dev_environment
 from sidecar.devmode.pods import DevCluster, dev_cluster
@@ -45,6 +53,7 @@ from sidecar.exchange.inspection import inspect
 from sidecar.logs import configure_logging
 from sidecar.node_agent import RunningAgent, add_listen_addresses, running_node_agent
 from sidecar.outputs.execute import ExecSignals, loopback_url, prepare_environment, wait_ready
+from sidecar.outputs.exports import FORMATS, check_profile
 from sidecar.outputs.health import probe_ready
 from sidecar.outputs.link_local import (
     CAPABILITY_ADDRESS,
@@ -57,7 +66,10 @@ from sidecar.outputs.link_local import (
     interface_is_up,
     remove_addresses,
 )
+from sidecar.outputs.one_shot import check_url, emit, fetch_credentials, read_client_token
+from sidecar.tenancy.capability import RELATIVE_PREFIX
 
+_T = TypeVar("_T")
 EXIT_OK = 0
 EXIT_FAILURE = 1  # an unexpected error (a bug): the traceback is logged
 EXIT_CONFIG = 2  # bad configuration or auth token file: the message says what to fix
@@ -102,6 +114,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long to wait for credentials before giving up (exit 5) [default 30]",
     )
     exec_parser.add_argument("child", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
+    credentials_parser = commands.add_parser(
+        "credentials",
+        help="print the role's current credentials in a tool's format (process, env, ...)",
+        description="Print the default role's credentials in the form a tool expects, like "
+        "`aws configure export-credentials`: from a running daemon (--url, "
+        "--auth-token-file, with the SDKs' host rules) or, without --url, by one exchange "
+        "with serve's flags. Secrets go only to stdout (github-env: to $GITHUB_ENV, with "
+        "::add-mask:: lines on stdout). See docs/exports.md.",
+    )
+    credentials_parser.add_argument(
+        "--format",
+        required=True,
+        choices=list(FORMATS),
+        metavar="FORMAT",
+        help="; ".join(f"{f.name}: {f.description}" for f in FORMATS.values()),
+    )
+    credentials_parser.add_argument(
+        "--url",
+        metavar="URL",
+        help="a running daemon's credentials URL (http only for 127.0.0.0/8, [::1], "
+        "localhost, 169.254.170.2, 169.254.170.23, [fd00:ec2::23]; else https)",
+    )
+    credentials_parser.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="without --url: how long to wait for credentials (exit 5) [default 30]",
+    )
+    _add_settings(credentials_parser, SETTINGS)
     inspect_parser = commands.add_parser(
         "inspect",
         help="check a token (and a role's trust policy) before STS does",
@@ -207,6 +249,13 @@ def dev_instructions(running: Running, dev: DevEnvironment) -> str:
         lines.append(
             f"# or, for IMDS clients: export AWS_EC2_METADATA_SERVICE_ENDPOINT="
             f"{shlex.quote(loopback_url(running.imds_url))}"
+        )
+    for name, path in running.relative_id_files.items():
+        # The id is a credential: the shell reads it, it is never printed.
+        lines.append(
+            f"# or, for clients that know only RELATIVE_URI (they connect to "
+            f"169.254.170.2:80), role {name}, instead of FULL_URI: "
+            f'AWS_CONTAINER_CREDENTIALS_RELATIVE_URI="{RELATIVE_PREFIX}$(cat {shlex.quote(path)})"'
         )
     lines += [
         f"export AWS_ENDPOINT_URL_STS={shlex.quote(dev.sts_url)}",
@@ -329,6 +378,70 @@ async def exec_child(
             return await signals.run_child(argv, env)
 
 
+def print_credentials(
+    flags: Mapping[str, str | None],
+    environ: Mapping[str, str],
+    fmt: str,
+    url: str | None,
+    wait: float,
+) -> int:
+    """``credentials``: render the default role's credentials on stdout (or $GITHUB_ENV)."""
+    raw = resolve_raw(flags, environ)
+    profile = raw["profile"][0] or "default"
+    token_file = raw["auth_token_file"][0]
+    try:
+        # Bad input first, before anything is fetched or exchanged (exit 2).
+        check_profile(profile)
+        checked = check_url(url) if url else None
+        token = read_client_token(Path(token_file)) if url and token_file else None
+    except (FetchError, OutputError) as exc:
+        print(f"credential-sidecar: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        if checked:
+            creds: Credentials | int = fetch_credentials(checked, token)
+        else:
+            creds = _run(exchange_once(flags, environ, wait))
+        if isinstance(creds, int):
+            return creds
+        emit(creds, fmt, profile, sys.stdout, environ)
+    except FetchError as exc:
+        print(f"credential-sidecar: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except OutputError as exc:
+        print(f"credential-sidecar: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return EXIT_OK
+
+
+async def exchange_once(
+    flags: Mapping[str, str | None], environ: Mapping[str, str], wait: float
+) -> Credentials | int:
+    """The default role's credentials from one exchange with serve's flags, or an exit code."""
+    with tempfile.TemporaryDirectory(prefix="credential-sidecar-credentials-") as private:
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                started = await _start(stack, flags, environ, exec_directory=Path(private))
+            except _Exit as exc:
+                return exc.code
+            refresher = started.running.default
+            if refresher is None:
+                print(
+                    "credential-sidecar: the config file names no default role: set "
+                    "default_role, or use --url with the role's URL",
+                    file=sys.stderr,
+                )
+                return EXIT_CONFIG
+            snap = refresher.servable() if await wait_ready(refresher, wait) else None
+            if snap is None:
+                print(
+                    f"credential-sidecar: no credentials within {wait:g}s (see the errors above)",
+                    file=sys.stderr,
+                )
+                return EXIT_UNAVAILABLE
+            return snap.credentials
+
+
 async def inspect_token(
     flags: Mapping[str, str | None], environ: Mapping[str, str], policy: str | None
 ) -> int:
@@ -388,7 +501,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         child = child[1:]
     if args.command == "exec" and not child:
         build_parser().error("exec needs a command: credential-sidecar exec [flags] -- COMMAND")
-    quiet = EXEC_DEFAULTS if args.command == "exec" else None
+    quiet = EXEC_DEFAULTS if args.command in ("exec", "credentials") else None
     raw = resolve_raw(flags, os.environ, defaults=quiet)
     # Provisional logging until the configuration is validated (it may name another format).
     fmt = raw["log_format"][0] if raw["log_format"][0] in ("text", "json") else "text"
@@ -396,10 +509,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure_logging(fmt or "text", level or "info")
     if args.command == "exec":
         sys.exit(_run(exec_child(flags, os.environ, child, args.wait)))
+    if args.command == "credentials":
+        sys.exit(print_credentials(flags, os.environ, args.format, args.url, args.wait))
     sys.exit(_run(serve(flags, os.environ)))
 
 
-def _run(main: Coroutine[Any, Any, int]) -> int:
+def _run(main: Coroutine[Any, Any, _T]) -> _T | int:
     try:
         return asyncio.run(main)
     except KeyboardInterrupt:  # a second Ctrl-C before handlers were installed

@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import shlex
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -27,7 +28,9 @@ from sidecar.config import Config, config_warnings
 from sidecar.core.clock import Clock, SystemClock
 from sidecar.core.metrics import Metrics
 from sidecar.exchange.sts import StsClient
+from sidecar.outputs.capability import create_capability_app
 from sidecar.outputs.endpoint import CREDENTIALS_PATH, create_app
+from sidecar.outputs.file_sink import credentials_file_sink
 from sidecar.outputs.http import LogThrottle
 from sidecar.outputs.imds import create_imds_app
 from sidecar.outputs.listener import AcceptErrorThrottle, ListenerGuard
@@ -35,6 +38,12 @@ from sidecar.outputs.ratelimit import FailureLimiter
 from sidecar.outputs.serving import base_url, listen, listener_limits
 from sidecar.sources.registry import SourceContext, build_source, kind_of
 from sidecar.tenancy.auth_tokens import AuthToken, load_auth
+from sidecar.tenancy.capability import (
+    RELATIVE_PREFIX,
+    CapabilityRole,
+    CapabilityTenancy,
+    load_ids,
+)
 from sidecar.tenancy.static import StaticRole, StaticTenancy
 
 log = logging.getLogger(__name__)
@@ -53,6 +62,10 @@ class Running:
     auth_token_file: str | None
     #: ``AWS_EC2_METADATA_SERVICE_ENDPOINT`` for the IMDS listener, if there is one.
     imds_url: str | None = None
+    #: The capability endpoint (``http://host:port``), if there is one, and each role's id
+    #: file: ``AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`` is /v2/credentials/ + its content.
+    relative_url: str | None = None
+    relative_id_files: Mapping[str, str] = field(default_factory=dict)
 
     def refresh_now(self) -> None:
         """Every role refreshes at once (whole chain) instead of waiting for its schedule
@@ -139,7 +152,10 @@ async def running_daemon(
             refusals=refusals,
             check_host=tenancy.open_roles,
         )
-        limits = listener_limits(config.server.limits, 1 if config.server.imds_host is None else 2)
+        listeners = 1 + sum(
+            h is not None for h in (config.server.imds_host, config.server.relative_host)
+        )
+        limits = listener_limits(config.server.limits, listeners)
         accept_errors = AcceptErrorThrottle(asyncio.get_running_loop())
         accept_errors.install()
         stack.callback(accept_errors.uninstall)
@@ -178,6 +194,23 @@ async def running_daemon(
                 imds_url,
                 extra={"event": "imds_started", "url": imds_url, "role": role.name},
             )
+        relative_url: str | None = None
+        id_files: dict[str, str] = {}
+        if config.server.relative_host is not None and config.server.relative_id_dir is not None:
+            relative_url, id_files = await _serve_capabilities(
+                stack,
+                config,
+                {name: entry.refresher for name, entry in roles.items()},
+                metrics,
+                clock,
+                limiter,
+                refusals,
+                ListenerGuard(limits, "capability"),
+            )
+        if config.credentials_file is not None and config.default_role is not None:
+            await stack.enter_async_context(
+                credentials_file_sink(roles[config.default_role].refresher, config.credentials_file)
+            )
         arns = {r.name: r.role_arn for r in config.roles}
         log.info(
             "credential-sidecar %s serving %d role(s) on %s",
@@ -199,10 +232,65 @@ async def running_daemon(
             refreshers={n: e.refresher for n, e in roles.items()},
             default=default.refresher if default else None,
             imds_url=imds_url,
+            relative_url=relative_url,
+            relative_id_files=id_files,
             auth_token_file=str(default.auth.path) if default and default.auth else None,
         )
         log.info("stopping: no longer accepting connections", extra={"event": "stopping"})
     log.info("stopped", extra={"event": "stopped"})
+
+
+async def _serve_capabilities(
+    stack: contextlib.AsyncExitStack,
+    config: Config,
+    refreshers: Mapping[str, Refresher],
+    metrics: Metrics,
+    clock: Clock,
+    limiter: FailureLimiter | None,
+    refusals: LogThrottle,
+    guard: ListenerGuard,
+) -> tuple[str, dict[str, str]]:
+    """The capability endpoint (``--relative-listen``), owned by ``stack``: its URL and each
+    role's id file. Ids are never logged; their files' paths are."""
+    assert config.server.relative_host is not None
+    assert config.server.relative_id_dir is not None
+    ids = await load_ids(config.server.relative_id_dir, refreshers)
+    for name, capability in ids.items():
+        watcher = asyncio.create_task(capability.watch(clock), name=f"capability-watch:{name}")
+        stack.push_async_callback(_cancel, watcher)
+    tenancy = CapabilityTenancy(
+        {name: CapabilityRole(refreshers[name], ids[name]) for name in refreshers}
+    )
+    app = create_capability_app(
+        tenancy,
+        metrics,
+        config.refresh.cold_start_wait,
+        refusals,
+        audit=config.server.audit_log,
+        limiter=limiter,
+    )
+    host, port = await listen(
+        stack,
+        app,
+        config.server.relative_host,
+        config.server.relative_port,
+        "--relative-listen",
+        guard,
+    )
+    url = base_url(host, port, "")
+    files = {name: str(capability.path) for name, capability in ids.items()}
+    for name, path in files.items():
+        log.info(
+            "serving role %s on %s for AWS_CONTAINER_CREDENTIALS_RELATIVE_URI clients (no "
+            "client auth: the id is the credential); hand out "
+            'AWS_CONTAINER_CREDENTIALS_RELATIVE_URI="%s$(cat %s)"',
+            name,
+            url,
+            RELATIVE_PREFIX,
+            shlex.quote(path),
+            extra={"event": "relative_started", "url": url, "role": name, "id_file": path},
+        )
+    return url, files
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

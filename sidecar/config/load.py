@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import configparser
 import contextlib
 import ipaddress
 import re
@@ -14,6 +15,7 @@ from sidecar.config import file as config_file
 from sidecar.config.checks import Checker, check_accounts_of, shown
 from sidecar.config.model import (
     Config,
+    CredentialsFileConfig,
     HopConfig,
     ListenerLimits,
     RefreshPolicy,
@@ -38,10 +40,14 @@ from sidecar.config.settings import (
     split_list,
     truthy,
 )
-from sidecar.core.errors import ConfigError
+from sidecar.core.errors import ConfigError, ExportError
 from sidecar.core.secret import holds_token
+from sidecar.outputs.credentials_file import CLEAR_MODES
+from sidecar.outputs.exports import check_profile
 from sidecar.sources.registry import kind_of
 
+#: Where every SDK sends AWS_CONTAINER_CREDENTIALS_RELATIVE_URI requests (port 80).
+RELATIVE_URI_HOST = "169.254.170.2"
 #: exec's defaults: a free loopback port, and only warnings on the stderr it shares.
 EXEC_DEFAULTS = {"listen": "127.0.0.1:0", "log_level": "warning"}
 #: Flags that choose a token source other than a file (dev mode's token file yields to them).
@@ -224,6 +230,29 @@ def load_config(
                 f"({', '.join(r.name for r in roles)})"
             )
 
+    relative_host, relative_port = None, 0
+    relative_dir = raw["relative_id_dir"][0]
+    if raw["relative_listen"][0]:
+        try:
+            relative_host, relative_port = parse_listen(raw["relative_listen"][0])
+        except ValueError as exc:
+            check.add(
+                f"{raw['relative_listen'][1]}={shown(raw['relative_listen'][0])} is not a "
+                f"listen address ({exc}): use 169.254.170.2:80 (after `credential-sidecar "
+                "link-local up`) or 127.0.0.1:9912"
+            )
+        if not relative_dir:
+            check.add(
+                "--relative-listen needs --relative-id-dir DIR: the directory keeping each "
+                "role's id (created 0700 if missing), so ids survive restarts"
+            )
+        elif holds_token(relative_dir):
+            check.add(
+                f"{raw['relative_id_dir'][1]}: this looks like a token, not a path: give the "
+                "directory that holds one id file per role"
+            )
+            relative_dir = None
+
     if not auth_text and not insecure and any(r.auth_token_file is None for r in roles):
         check.add(
             "no auth token file: pass --auth-token-file PATH (created with a random "
@@ -231,7 +260,8 @@ def load_config(
             "--insecure-no-auth"
         )
 
-    refusal_settings = request_limits(raw, host, insecure, imds_host, check)
+    credentials_file = credentials_file_config(raw, default_role, check)
+    refusal_settings = request_limits(raw, host, insecure, imds_host, check, relative_host)
 
     if check.problems:
         raise ConfigError(check.problems)
@@ -249,6 +279,9 @@ def load_config(
             imds_host=imds_host,
             imds_port=imds_port,
             imds_role=imds_role if imds_host is not None else None,
+            relative_host=relative_host,
+            relative_port=relative_port,
+            relative_id_dir=Path(relative_dir) if relative_host and relative_dir else None,
             **refusal_settings,
             limits=limits,
         ),
@@ -256,11 +289,54 @@ def load_config(
         log_level=log_level,
         dev=truthy(raw["dev"][0]),
         notes=tuple(check.notes),
+        credentials_file=credentials_file,
     )
 
 
+def credentials_file_config(
+    raw: Raw, default_role: str | None, check: Checker
+) -> CredentialsFileConfig | None:
+    """``--write-credentials-file`` and its companions, checked together."""
+    path = raw["write_credentials_file"][0]
+    profile = raw["profile"][0] or "default"
+    on_exit = (raw["credentials_file_on_exit"][0] or "").lower()
+    if on_exit not in CLEAR_MODES:
+        check.add(
+            f"{raw['credentials_file_on_exit'][1]}={shown(on_exit)} must be one of "
+            f"{', '.join(CLEAR_MODES)}"
+        )
+    try:
+        check_profile(profile)
+    except ExportError as exc:
+        check.add(f"{raw['profile'][1]}: {exc}")
+    if not path:
+        return None
+    if holds_token(path):
+        check.add(
+            f"{raw['write_credentials_file'][1]}: this looks like a token, not a path: give "
+            "the path of the shared-credentials file to keep current"
+        )
+        return None
+    if profile == configparser.DEFAULTSECT:
+        check.add(
+            f"{raw['profile'][1]}={shown(profile)} is the defaults section of an ini file, "
+            "which applies to every profile; choose another name (default is fine)"
+        )
+    if default_role is None:
+        check.add(
+            "--write-credentials-file writes the default role, and the config file names "
+            "none: set default_role"
+        )
+    return CredentialsFileConfig(Path(path), profile, on_exit)
+
+
 def request_limits(
-    raw: Raw, host: str, insecure: bool, imds_host: str | None, check: Checker
+    raw: Raw,
+    host: str,
+    insecure: bool,
+    imds_host: str | None,
+    check: Checker,
+    relative_host: str | None = None,
 ) -> dict[str, Any]:
     """The refusal and rate-limit settings, and where listeners without client auth may bind.
 
@@ -269,7 +345,10 @@ def request_limits(
     """
     allow_network = truthy(raw["insecure_allow_unauthenticated_network_listener"][0])
     override = SETTINGS_BY_NAME["insecure_allow_unauthenticated_network_listener"].flag
-    unauthenticated = [(imds_host, raw["imds_listen"][1], "the IMDS listener")]
+    unauthenticated = [
+        (imds_host, raw["imds_listen"][1], "the IMDS listener"),
+        (relative_host, raw["relative_listen"][1], "the capability endpoint"),
+    ]
     if insecure:
         unauthenticated.append((host, raw["listen"][1], "--insecure-no-auth"))
     for bind, source, what in unauthenticated:
@@ -318,6 +397,7 @@ def _supplied_values(
         defaults.update(EXEC_DEFAULTS)
     dev = supplied.dev
     if dev is not None:
+        defaults["relative_id_dir"] = str(dev.directory / "relative-ids")
         # Rank just below flags (documented), so an ambient AWS_ROLE_ARN does not leak in.
         overrides.update(role_arn=dev.role_arn, sts_endpoint=dev.sts_endpoint, region=dev.region)
         # Detection prefers a token file: it must not hide a source a flag asked for.
@@ -396,6 +476,13 @@ def config_warnings(config: Config) -> list[str]:
             f"IMDS listener on {config.server.imds_host}:{config.server.imds_port} has no "
             f"client auth: anything that can reach it gets role {role.name} "
             f"({role.role_arn}); bind it to an address only your build containers reach"
+        )
+    relative = (config.server.relative_host, config.server.relative_port)
+    if relative[0] is not None and relative != (RELATIVE_URI_HOST, 80):
+        warnings.append(
+            f"--relative-listen {relative[0]}:{relative[1]}: clients given "
+            f"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI always connect to {RELATIVE_URI_HOST}:80, "
+            "so they reach this listener only through a DNAT rule (docs/link-local.md)"
         )
     if config.server.allow_network_listener:
         warnings.append(

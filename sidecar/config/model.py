@@ -102,6 +102,11 @@ class ServerConfig:
     imds_host: str | None = None
     imds_port: int = 0
     imds_role: str | None = None
+    #: The capability endpoint (``/v2/credentials/<id>``), off when relative_host is None;
+    #: one id file per role in relative_id_dir.
+    relative_host: str | None = None
+    relative_port: int = 0
+    relative_id_dir: Path | None = None
     #: Per client address: failing requests allowed at once, and refilled per second
     #: (None: no limit). Only 4xx answers spend them; see sidecar/ratelimit.py.
     failed_request_burst: int = 100
@@ -111,6 +116,16 @@ class ServerConfig:
     #: Allow listeners without client auth on non-local addresses (loudly named flag).
     allow_network_listener: bool = False
     limits: ListenerLimits = ListenerLimits()
+
+
+@dataclass(frozen=True)
+class CredentialsFileConfig:
+    """``--write-credentials-file``: the default role kept in a shared-credentials file."""
+
+    path: Path
+    profile: str = "default"
+    #: What shutdown does: "remove", "empty" or "keep" (``outputs.credentials_file``).
+    on_exit: str = "remove"
 
 
 @dataclass(frozen=True)
@@ -126,6 +141,7 @@ class Config:
     dev: bool
     #: Valid but questionable choices, logged at startup.
     notes: tuple[str, ...] = ()
+    credentials_file: CredentialsFileConfig | None = None
 
     def role_named(self, name: str) -> RoleConfig:
         return next(r for r in self.roles if r.name == name)

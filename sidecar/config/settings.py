@@ -153,6 +153,21 @@ SETTINGS: tuple[Setting, ...] = (
         "the role the IMDS listener serves (default: the default role)",
     ),
     _s(
+        "relative_listen",
+        ("SIDECAR_RELATIVE_LISTEN",),
+        None,
+        "also serve every role at /v2/credentials/<id> on HOST:PORT (169.254.170.2:80), "
+        "for clients that know only AWS_CONTAINER_CREDENTIALS_RELATIVE_URI (no auth token: "
+        "the unguessable id is the credential)",
+    ),
+    _s(
+        "relative_id_dir",
+        ("SIDECAR_RELATIVE_ID_DIR",),
+        None,
+        "directory with one file per role holding its --relative-listen id; created "
+        "(0700, files 0600) if missing, ids kept across restarts",
+    ),
+    _s(
         "idle_timeout",
         ("SIDECAR_IDLE_TIMEOUT",),
         "5s",
@@ -196,9 +211,30 @@ SETTINGS: tuple[Setting, ...] = (
         "insecure_allow_unauthenticated_network_listener",
         ("SIDECAR_INSECURE_ALLOW_UNAUTHENTICATED_NETWORK_LISTENER",),
         None,
-        "allow the IMDS listener (or --insecure-no-auth) on an address other than loopback "
+        "allow the IMDS listener, the capability endpoint (--relative-listen) or "
+        "--insecure-no-auth on an address other than loopback "
         "or link-local: anything that reaches it gets credentials",
         is_switch=True,
+    ),
+    _s(
+        "write_credentials_file",
+        ("SIDECAR_WRITE_CREDENTIALS_FILE",),
+        None,
+        "keep the default role's credentials in this shared-credentials file, rewritten "
+        "atomically (0600) after every refresh; other profiles are kept",
+    ),
+    _s(
+        "profile",
+        ("SIDECAR_PROFILE",),
+        "default",
+        "the profile (section) --write-credentials-file and `credentials --format ini` write",
+    ),
+    _s(
+        "credentials_file_on_exit",
+        ("SIDECAR_CREDENTIALS_FILE_ON_EXIT",),
+        "remove",
+        "what shutdown does to --write-credentials-file: remove (the profile; the file if "
+        "nothing else is left), empty (the profile, keeping the file) or keep",
     ),
     _s("log_format", ("SIDECAR_LOG_FORMAT",), "text", "text or json"),
     _s(

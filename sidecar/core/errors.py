@@ -12,7 +12,8 @@
     │   └── AccountNotAllowedError  credentials for an account outside allowed_accounts
     ├── OutputError               credentials cannot be handed out in the form asked for
     │   ├── ExportError           an export format or profile name is unknown or unusable
-    │   └── CredentialsFileError  the shared-credentials file cannot be updated safely
+    │   ├── CredentialsFileError  the shared-credentials file cannot be updated safely
+    │   └── FetchError        a running daemon's endpoint did not give credentials
     └── Refusal                   a request for credentials is refused (tenancy, endpoint)
         ├── BadRequest            400: a malformed request (a header out of range)
         ├── NotFound              404: no such role, no default role
@@ -234,3 +235,7 @@ class ExportError(OutputError):
 
 class CredentialsFileError(OutputError):
     """The shared-credentials file cannot be read, checked or replaced safely."""
+
+
+class FetchError(OutputError):
+    """``credentials --url``: the URL is not allowed, or the endpoint gave no credentials."""

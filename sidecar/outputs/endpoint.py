@@ -61,7 +61,12 @@ def render_container_json(creds: Credentials) -> bytes:
 
 
 class CredentialsHandler:
-    """``GET /v1/credentials[/<role>]``: the granted identity's snapshot, or a JSON error."""
+    """``GET /v1/credentials[/<role>]``: the granted identity's snapshot, or a JSON error.
+
+    ``path_param`` names the route variable handed to the tenancy as the role asked for;
+    ``secret_path`` (the capability endpoint, whose path holds an id) keeps its value out
+    of the refusal log.
+    """
 
     def __init__(
         self,
@@ -69,15 +74,19 @@ class CredentialsHandler:
         cold_start_wait: float,
         audit: bool = False,
         refusals: LogThrottle | None = None,
+        path_param: str = "role",
+        secret_path: bool = False,
     ) -> None:
         self._tenancy = tenancy
+        self._path_param = path_param
+        self._secret_path = secret_path
         self._cold_start_wait = cold_start_wait
         self._audit = audit
         self._throttle = refusals or LogThrottle(budget=DEFAULT_REFUSAL_LOG_BUDGET)
         self._body = Rendered(lambda snap: render_container_json(snap.credentials))
 
     async def handle(self, request: web.Request) -> web.Response:
-        asked = request.match_info.get("role")
+        asked = request.match_info.get(self._path_param)
         try:
             grant = await self._tenancy.grant(asked, request.headers.get("Authorization"))
         except Refusal as exc:
@@ -89,7 +98,7 @@ class CredentialsHandler:
                     exc.log_event,
                     f"refused credentials request: {exc}",
                     request.remote or "?",
-                    role=exc.role or asked or "",
+                    role=exc.role or ("" if self._secret_path else asked) or "",
                 )
             return answer(exc)
         request[ROLE] = grant.role

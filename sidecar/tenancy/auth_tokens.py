@@ -41,11 +41,15 @@ RECHECK_SECONDS = 1.0
 log = logging.getLogger(__name__)
 
 
-def _describe(path: Path, problem: str) -> AuthTokenError:
-    return AuthTokenError(f"auth token file {path}: {problem}")
+#: How messages name the file; the capability endpoint's id files are read the same way.
+AUTH_TOKEN_FILE = "auth token file"  # noqa: S105 - a label, not a password
 
 
-def ensure_token_file(path: Path) -> bool:
+def _describe(path: Path, problem: str, what: str = AUTH_TOKEN_FILE) -> AuthTokenError:
+    return AuthTokenError(f"{what} {path}: {problem}")
+
+
+def ensure_token_file(path: Path, what: str = AUTH_TOKEN_FILE) -> bool:
     """Create ``path`` with 32 random bytes (URL-safe text), mode 0600, if it is missing.
 
     Returns True when it created the file. ``O_EXCL`` makes creation race-free (two
@@ -59,37 +63,44 @@ def ensure_token_file(path: Path) -> bool:
         return False
     except OSError as exc:
         raise _describe(
-            path, f"cannot create it ({exc.strerror}); does the directory exist and is it writable?"
+            path,
+            f"cannot create it ({exc.strerror}); does the directory exist and is it writable?",
+            what,
         ) from None
     with os.fdopen(fd, "w") as handle:
         handle.write(secrets.token_urlsafe(32))
     return True
 
 
-def read_token_file(path: Path) -> tuple[str, FileIdentity]:
+def read_token_file(path: Path, what: str = AUTH_TOKEN_FILE) -> tuple[str, FileIdentity]:
     """The token in ``path`` and what the file was, after every check (blocking).
 
     Raises ``AuthTokenError``, or ``FileNotFoundError`` for the caller to decide.
     """
     raw, identity = read_small_file(
-        path, lambda problem: _describe(path, problem), MAX_INPUT_BYTES, strict=True
+        path, lambda problem: _describe(path, problem, what), MAX_INPUT_BYTES, strict=True
     )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise _describe(path, "is not UTF-8 text") from None
+        raise _describe(path, "is not UTF-8 text", what) from None
     if not text:
-        raise _describe(path, "is empty; delete it to have a random token generated")
+        raise _describe(path, "is empty; delete it to have a random token generated", what)
     if text != text.strip():
         raise _describe(
             path,
             "has leading or trailing whitespace (often a final newline). SDKs send the file "
             "verbatim and the request fails; rewrite it with `printf %s TOKEN > FILE`",
+            what,
         )
     if any(not (0x21 <= ord(ch) <= 0x7E) for ch in text):
-        raise _describe(path, "must be printable ASCII without spaces (it becomes an HTTP header)")
+        raise _describe(
+            path, "must be printable ASCII without spaces (it becomes an HTTP header)", what
+        )
     if len(text) < 16:
-        raise _describe(path, f"holds a {len(text)}-character token; use at least 16 characters")
+        raise _describe(
+            path, f"holds a {len(text)}-character token; use at least 16 characters", what
+        )
     return text, identity
 
 
@@ -101,11 +112,18 @@ def _stat_identity(path: Path) -> FileIdentity:
 class AuthToken:
     """Holds the expected token in memory; ``check`` compares in constant time."""
 
-    def __init__(self, path: Path, token: str, identity: FileIdentity | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        token: str,
+        identity: FileIdentity | None = None,
+        what: str = AUTH_TOKEN_FILE,
+    ) -> None:
         self.path = path
+        self.what = what
         self._expected: bytes | None = token.encode()
         self._identity = identity
-        self._reader = OffLoopReader(f"auth token file {path}")
+        self._reader = OffLoopReader(f"{what} {path}")
         self._last_problem: str | None = None
 
     @classmethod
@@ -117,15 +135,15 @@ class AuthToken:
             raise _describe(path, "does not exist") from None
 
     @classmethod
-    async def load(cls, path: Path) -> AuthToken:
+    async def load(cls, path: Path, what: str = AUTH_TOKEN_FILE) -> AuthToken:
         """Read ``path`` off the event loop, with every check; ``AuthTokenError`` if unusable."""
-        token = cls(path, "")
+        token = cls(path, "", what=what)
         try:
             text, identity = await token._reader.run(
-                lambda: read_token_file(path), lambda problem: _describe(path, problem)
+                lambda: read_token_file(path, what), lambda problem: _describe(path, problem, what)
             )
         except FileNotFoundError:
-            raise _describe(path, "does not exist") from None
+            raise _describe(path, "does not exist", what) from None
         token._expected, token._identity = text.encode(), identity
         return token
 
@@ -158,7 +176,7 @@ class AuthToken:
         """Re-read the file if it changed since the last look (off the event loop)."""
 
         def fail(problem: str) -> AuthTokenError:
-            return _describe(self.path, problem)
+            return _describe(self.path, problem, self.what)
 
         try:
             identity = await self._reader.run(lambda: _stat_identity(self.path), fail)
@@ -174,7 +192,9 @@ class AuthToken:
         if identity == self._identity:
             return
         try:
-            text, identity = await self._reader.run(lambda: read_token_file(self.path), fail)
+            text, identity = await self._reader.run(
+                lambda: read_token_file(self.path, self.what), fail
+            )
         except FileNotFoundError:
             self._revoke()
             return
@@ -186,7 +206,8 @@ class AuthToken:
             return
         self._expected, self._identity, self._last_problem = text.encode(), identity, None
         log.info(
-            "auth token file changed; now accepting the new token",
+            "%s changed; now accepting the new token",
+            self.what,
             extra={"event": "auth_token_reloaded", "path": str(self.path)},
         )
 
@@ -195,7 +216,8 @@ class AuthToken:
             return
         self._expected = self._identity = None
         log.warning(
-            "auth token file %s was deleted: refusing every request until it is back",
+            "%s %s was deleted: refusing every request until it is back",
+            self.what,
             self.path,
             extra={"event": "auth_token_deleted", "path": str(self.path)},
         )
@@ -206,7 +228,8 @@ class AuthToken:
         self._last_problem = message
         kept = "keeping the previous token" if self._expected else "refusing every request"
         log.warning(
-            "auth token file changed but is unusable, %s: %s",
+            "%s changed but is unusable, %s: %s",
+            self.what,
             kept,
             message,
             extra={"event": "auth_token_reload_failed", "path": str(self.path)},
