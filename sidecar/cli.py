@@ -35,6 +35,7 @@ from sidecar.config import (
     load_config,
     resolve_raw,
 )
+from sidecar.config.checks import check_profile
 from sidecar.config.node_agent import NODE_SETTINGS, load_node_agent_config
 from sidecar.config.settings import LOG_LEVELS, TOKEN_SETTINGS, Setting
 from sidecar.core.credentials import Credentials
@@ -53,7 +54,7 @@ from sidecar.exchange.inspection import inspect
 from sidecar.logs import configure_logging
 from sidecar.node_agent import RunningAgent, add_listen_addresses, running_node_agent
 from sidecar.outputs.execute import ExecSignals, loopback_url, prepare_environment, wait_ready
-from sidecar.outputs.exports import FORMATS, check_profile
+from sidecar.outputs.exports import FORMATS
 from sidecar.outputs.health import probe_ready
 from sidecar.outputs.link_local import (
     CAPABILITY_ADDRESS,

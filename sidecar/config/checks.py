@@ -25,6 +25,7 @@ from sidecar.config.settings import (
     is_template,
     parse_seconds,
 )
+from sidecar.core.errors import ExportError
 from sidecar.core.secret import Secret, holds_token, looks_like_token
 from sidecar.sources.base import DEFAULT_AUDIENCE
 from sidecar.sources.command import CommandSource
@@ -260,3 +261,17 @@ def check_accounts_of(role: RoleConfig, check: Checker) -> None:
                 f"role {role.name}: {hop.role_arn} is in account {account}, which is not "
                 f"in allowed_accounts ({', '.join(role.allowed_accounts)})"
             )
+
+
+#: A shared-credentials profile (an ini section) name we write.
+_PROFILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+=,:/-]{0,127}")
+
+
+def check_profile(profile: str) -> str:
+    """``profile`` if it is a usable profile (ini section) name; ``ExportError`` if not."""
+    if not _PROFILE.fullmatch(profile):
+        raise ExportError(
+            f"profile name {profile!r} is not usable: use letters, digits and _.@+=,:/- "
+            "(at most 128 characters, starting with a letter or digit)"
+        )
+    return profile

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.config import file as config_file
-from sidecar.config.checks import Checker, check_accounts_of, shown
+from sidecar.config.checks import Checker, check_accounts_of, check_profile, shown
 from sidecar.config.model import (
+    CLEAR_MODES,
     Config,
     CredentialsFileConfig,
     HopConfig,
@@ -42,8 +43,6 @@ from sidecar.config.settings import (
 )
 from sidecar.core.errors import ConfigError, ExportError
 from sidecar.core.secret import holds_token
-from sidecar.outputs.credentials_file import CLEAR_MODES
-from sidecar.outputs.exports import check_profile
 from sidecar.sources.registry import kind_of
 
 #: Where every SDK sends AWS_CONTAINER_CREDENTIALS_RELATIVE_URI requests (port 80).

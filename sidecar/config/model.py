@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final, Literal, get_args
 
 from sidecar.sources.registry import TokenSourceConfig
+
+#: What ``clear`` does at shutdown: drop our section, deleting the file if nothing else is
+#: left ("remove"); drop our section but keep the file, even empty ("empty"); leave the
+#: last credentials in place until they expire ("keep").
+ClearMode = Literal["remove", "empty", "keep"]
+CLEAR_MODES: Final[tuple[str, ...]] = get_args(ClearMode)
 
 
 @dataclass(frozen=True)

@@ -38,18 +38,15 @@ import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final, Literal, get_args
+from typing import Final
 
+from sidecar.config.checks import check_profile
+from sidecar.config.model import CLEAR_MODES, ClearMode
 from sidecar.core.credentials import Credentials
 from sidecar.core.errors import CredentialsFileError
 from sidecar.core.safe_read import read_small_file, size_text
-from sidecar.outputs.exports import check_profile, render
+from sidecar.outputs.exports import render
 
-#: What ``clear`` does at shutdown: drop our section, deleting the file if nothing else is
-#: left ("remove"); drop our section but keep the file, even empty ("empty"); leave the
-#: last credentials in place until they expire ("keep").
-ClearMode = Literal["remove", "empty", "keep"]
-CLEAR_MODES: Final[tuple[str, ...]] = get_args(ClearMode)
 #: A credentials file with many profiles is a few KB.
 MAX_FILE_BYTES: Final = 256 * 1024
 #: Writes ``data`` to an open descriptor (injectable so tests can fail mid-write).

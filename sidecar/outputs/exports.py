@@ -36,12 +36,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from sidecar.config.checks import check_profile
 from sidecar.core.credentials import Credentials, format_expiration
 from sidecar.core.errors import ExportError
 
 #: Profile names: what ``aws configure`` users write; no brackets, spaces or controls, so a
 #: name can never end its ``[section]`` header or start another.
-_PROFILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+=,:/-]{0,127}")
 #: What a shared-credentials (ini) value may hold: configparser strips surrounding
 #: whitespace and treats a line break as a continuation, so neither can round-trip.
 _INI_UNSAFE = re.compile(r"[\x00-\x1f\x7f]|^\s|\s$")
@@ -58,16 +58,6 @@ class ExportFormat:
     name: str
     render: Renderer
     description: str
-
-
-def check_profile(profile: str) -> str:
-    """``profile`` if it is a usable profile (ini section) name; ``ExportError`` if not."""
-    if not _PROFILE.fullmatch(profile):
-        raise ExportError(
-            f"profile name {profile!r} is not usable: use letters, digits and _.@+=,:/- "
-            "(at most 128 characters, starting with a letter or digit)"
-        )
-    return profile
 
 
 def _variables(creds: Credentials) -> list[tuple[str, str]]:

@@ -17,10 +17,10 @@ from collections.abc import AsyncIterator
 from typing import cast
 
 from sidecar.cache.refresher import Refresher, Snapshot
-from sidecar.config.model import CredentialsFileConfig
+from sidecar.config.model import ClearMode, CredentialsFileConfig
 from sidecar.core.credentials import format_expiration, mask_key_id
 from sidecar.core.errors import CredentialsFileError
-from sidecar.outputs.credentials_file import ClearMode, CredentialsFile
+from sidecar.outputs.credentials_file import CredentialsFile
 
 log = logging.getLogger(__name__)
 
