@@ -9,17 +9,19 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 from sidecar.config import file as config_file
 from sidecar.config.checks import Checker, check_accounts_of, check_profile, shown
 from sidecar.config.model import (
     CLEAR_MODES,
+    ClearMode,
     Config,
     CredentialsFileConfig,
     HopConfig,
     ListenerLimits,
     RefreshPolicy,
+    RequestLimits,
     RoleConfig,
     ServerConfig,
     StsConfig,
@@ -260,7 +262,7 @@ def load_config(
         )
 
     credentials_file = credentials_file_config(raw, default_role, check)
-    refusal_settings = request_limits(raw, host, insecure, imds_host, check, relative_host)
+    refusals = request_limits(raw, host, insecure, imds_host, check, relative_host)
 
     if check.problems:
         raise ConfigError(check.problems)
@@ -281,7 +283,10 @@ def load_config(
             relative_host=relative_host,
             relative_port=relative_port,
             relative_id_dir=Path(relative_dir) if relative_host and relative_dir else None,
-            **refusal_settings,
+            failed_request_burst=refusals.failed_request_burst,
+            failed_request_rate=refusals.failed_request_rate,
+            refusal_log_budget=refusals.refusal_log_budget,
+            allow_network_listener=refusals.allow_network_listener,
             limits=limits,
         ),
         log_format=log_format,
@@ -298,10 +303,13 @@ def credentials_file_config(
     """``--write-credentials-file`` and its companions, checked together."""
     path = raw["write_credentials_file"][0]
     profile = raw["profile"][0] or "default"
-    on_exit = (raw["credentials_file_on_exit"][0] or "").lower()
-    if on_exit not in CLEAR_MODES:
+    on_exit_text = (raw["credentials_file_on_exit"][0] or "").lower()
+    on_exit: ClearMode = "remove"
+    if on_exit_text in CLEAR_MODES:
+        on_exit = cast(ClearMode, on_exit_text)
+    else:
         check.add(
-            f"{raw['credentials_file_on_exit'][1]}={shown(on_exit)} must be one of "
+            f"{raw['credentials_file_on_exit'][1]}={shown(on_exit_text)} must be one of "
             f"{', '.join(CLEAR_MODES)}"
         )
     try:
@@ -336,7 +344,7 @@ def request_limits(
     imds_host: str | None,
     check: Checker,
     relative_host: str | None = None,
-) -> dict[str, Any]:
+) -> RequestLimits:
     """The refusal and rate-limit settings, and where listeners without client auth may bind.
 
     An unauthenticated listener on a non-local address serves anyone who can route to it,
@@ -376,12 +384,12 @@ def request_limits(
             f"{raw['failed_request_rate'][1]}={rate_text!r} must be a number of requests per "
             "second from 0 (no limit) to 100000"
         )
-    return {
-        "failed_request_burst": count("failed_request_burst", 1, 1_000_000),
-        "failed_request_rate": rate if rate > 0 else None,
-        "refusal_log_budget": count("refusal_log_budget", 1, 1_000_000),
-        "allow_network_listener": allow_network,
-    }
+    return RequestLimits(
+        failed_request_burst=count("failed_request_burst", 1, 1_000_000),
+        failed_request_rate=rate if rate > 0 else None,
+        refusal_log_budget=count("refusal_log_budget", 1, 1_000_000),
+        allow_network_listener=allow_network,
+    )
 
 
 def _supplied_values(

@@ -99,6 +99,20 @@ class ListenerLimits:
 
 
 @dataclass(frozen=True)
+class RequestLimits:
+    """What failing clients may do, and where listeners without client auth may bind."""
+
+    #: Per client address: failing requests allowed at once, and refilled per second
+    #: (None: no limit). Only 4xx answers spend them; see outputs/ratelimit.py.
+    failed_request_burst: int = 100
+    failed_request_rate: float | None = 20.0
+    #: Refused-request log lines per minute over all clients.
+    refusal_log_budget: int = 60
+    #: Allow listeners without client auth on non-local addresses (loudly named flag).
+    allow_network_listener: bool = False
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     host: str
     port: int
@@ -131,8 +145,8 @@ class CredentialsFileConfig:
 
     path: Path
     profile: str = "default"
-    #: What shutdown does: "remove", "empty" or "keep" (``outputs.credentials_file``).
-    on_exit: str = "remove"
+    #: What shutdown does with the profile (``ClearMode``).
+    on_exit: ClearMode = "remove"
 
 
 @dataclass(frozen=True)

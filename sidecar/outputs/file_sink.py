@@ -14,10 +14,9 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import cast
 
 from sidecar.cache.refresher import Refresher, Snapshot
-from sidecar.config.model import ClearMode, CredentialsFileConfig
+from sidecar.config.model import CredentialsFileConfig
 from sidecar.core.credentials import format_expiration, mask_key_id
 from sidecar.core.errors import CredentialsFileError
 from sidecar.outputs.credentials_file import CredentialsFile
@@ -79,7 +78,7 @@ async def credentials_file_sink(
         task.cancel()
         await asyncio.wait([task])
         try:
-            await sink.clear_async(cast(ClearMode, config.on_exit))
+            await sink.clear_async(config.on_exit)
         except CredentialsFileError as exc:
             log.error(
                 "cannot clear the credentials file at shutdown: %s",
