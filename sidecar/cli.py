@@ -37,7 +37,7 @@ from sidecar.config import (
 )
 from sidecar.config.checks import check_profile
 from sidecar.config.node_agent import NODE_SETTINGS, load_node_agent_config
-from sidecar.config.settings import LOG_LEVELS, TOKEN_SETTINGS, Setting
+from sidecar.config.settings import LOG_LEVELS, TOKEN_SETTINGS, Setting, as_text
 from sidecar.core.credentials import Credentials
 from sidecar.core.errors import (
     AuthTokenError,
@@ -388,8 +388,8 @@ def print_credentials(
 ) -> int:
     """``credentials``: render the default role's credentials on stdout (or $GITHUB_ENV)."""
     raw = resolve_raw(flags, environ)
-    profile = raw["profile"][0] or "default"
-    token_file = raw["auth_token_file"][0]
+    profile = as_text(raw["profile"][0]) or "default"
+    token_file = as_text(raw["auth_token_file"][0])
     try:
         # Bad input first, before anything is fetched or exchanged (exit 2).
         check_profile(profile)
@@ -493,7 +493,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "inspect":
         sys.exit(asyncio.run(inspect_token(flags, os.environ, args.trust_policy)))
     if args.command == "health":
-        problem = probe_ready(resolve_raw(flags, os.environ)["listen"][0] or "")
+        problem = probe_ready(as_text(resolve_raw(flags, os.environ)["listen"][0]))
         if problem:
             print(f"credential-sidecar: not ready: {problem}", file=sys.stderr)
         sys.exit(EXIT_UNHEALTHY if problem else EXIT_OK)

@@ -260,3 +260,32 @@ def test_exec_respects_the_files_auth_token_file(tmp_path: Path, token_file: Pat
     )
     config = load_config({"config": str(path)}, {}, Supplied(exec_directory=tmp_path / "x"))
     assert config.server.auth_token_file == Path("/run/sidecar/auth")
+
+
+def test_file_values_keep_their_toml_types(tmp_path: Path) -> None:
+    """TOML values reach the settings as TOML gave them: an array command keeps each
+    argument whole (no shell words), numbers and true/false are taken as they are, and a
+    table where a value belongs is refused with its key named."""
+    config = from_file(
+        tmp_path,
+        f"""
+        insecure_no_auth = true
+        failed_request_burst = 7
+        cold_start_wait = 0.5
+        [token]
+        command = ["print-token", "--label", "it's a \\"quoted\\" arg"]
+        [roles.ci]
+        role_arn = "{A}ci"
+        duration = 1800
+        """,
+    )
+    assert config.server.insecure_no_auth
+    assert config.server.failed_request_burst == 7
+    assert config.refresh.cold_start_wait == 0.5
+    (role,) = config.roles
+    assert role.token == CommandSource(("print-token", "--label", 'it\'s a "quoted" arg'))
+    assert role.duration == 1800
+    with pytest.raises(ConfigError, match=r"log_level must be a string, a number"):
+        from_file(tmp_path, f'insecure_no_auth = true\nlog_level = {{ x = 1 }}\nrole_arn = "{A}x"')
+    with pytest.raises(ConfigError, match=r"config file='True' must be a whole number"):
+        from_file(tmp_path, f'failed_request_burst = true\n[roles.a]\nrole_arn = "{A}a"')

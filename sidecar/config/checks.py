@@ -22,6 +22,8 @@ from sidecar.config.settings import (
     ROLE_ARN,
     SESSION_NAME,
     Raw,
+    Value,
+    as_text,
     is_template,
     parse_seconds,
 )
@@ -84,10 +86,14 @@ class Checker:
             )
         return value
 
-    def seconds(self, value: str | int | float, where: str, low: float, high: float) -> float:
+    def seconds(self, value: Value, where: str, low: float, high: float) -> float:
+        """A duration: a number of seconds (a config file's number taken as it is), or text
+        like 500ms/90s/15m/1h."""
         text = str(value)
         try:
-            result = parse_seconds(text)
+            if isinstance(value, bool | tuple):
+                raise ValueError(text)
+            result = float(value) if isinstance(value, int | float) else parse_seconds(text)
         except ValueError:
             self.add(f"{where}={shown(text)} is not a duration: use seconds or 500ms/90s/15m/1h")
             return low
@@ -95,10 +101,12 @@ class Checker:
             self.add(f"{where}={shown(text)} must be between {low:g}s and {high:g}s")
         return result
 
-    def duration(self, value: str | int, where: str, chained: bool) -> int:
+    def duration(self, value: Value, where: str, chained: bool) -> int:
         text = str(value)
         try:
-            seconds = int(parse_seconds(text))
+            if isinstance(value, bool | tuple):
+                raise ValueError(text)
+            seconds = int(value if isinstance(value, int | float) else parse_seconds(text))
         except ValueError:
             self.add(f"{where}={shown(text)} is not a duration: use 3600 or 1h")
             return 3600
@@ -142,11 +150,14 @@ class Checker:
 
     def token_source(self, raw: Raw, environ: Mapping[str, str]) -> TokenSourceConfig:
         """Where the web-identity token comes from: chosen, or detected when unambiguous."""
-        kind = (raw["token_source"][0] or "").lower()
-        path_text = raw["token_file"][0]
-        env_var = raw["token_env"][0]
-        command_text = raw["token_command"][0]
-        audience = raw["audience"][0] or DEFAULT_AUDIENCE
+        kind = as_text(raw["token_source"][0]).lower()
+        path_text = as_text(raw["token_file"][0])
+        env_var = as_text(raw["token_env"][0])
+        command = raw["token_command"][0]
+        # A config file may give the program and its arguments as an array: no shell words.
+        command_text = command if isinstance(command, str) else None
+        command_argv = command if isinstance(command, tuple) else None
+        audience = as_text(raw["audience"][0]) or DEFAULT_AUDIENCE
         if holds_token(audience):
             self.add(
                 f"{raw['audience'][1]}: this looks like a token, not an audience: give the "
@@ -156,7 +167,7 @@ class Checker:
         if not kind:
             if path_text:
                 kind = "file"
-            elif command_text:
+            elif command_text or command_argv:
                 kind = "command"
             elif env_var:
                 kind = "env"
@@ -214,7 +225,7 @@ class Checker:
             return EnvSource(env_var or "", audience)
         if kind == "command":
             try:
-                argv = tuple(shlex.split(command_text or ""))
+                argv = command_argv or tuple(shlex.split(command_text or ""))
             except ValueError as exc:
                 self.add(f"{raw['token_command'][1]}={shown(command_text)} cannot be split: {exc}")
                 argv = ()

@@ -33,7 +33,6 @@ Problems are added to the shared ``Checker`` so they are reported with all the o
 from __future__ import annotations
 
 import json
-import shlex
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,6 +47,7 @@ from sidecar.config.settings import (
     SETTINGS_BY_NAME,
     TOKEN_SETTINGS,
     Raw,
+    Value,
     default_session_name,
 )
 
@@ -98,12 +98,18 @@ def read(path: Path, check: Checker) -> Document | None:
     return None
 
 
-def _text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "1" if value else "0"
+def _value(value: Any, where: str, check: Checker) -> Value | None:
+    """A TOML value as a setting takes it: as it is (an array becomes a tuple of strings);
+    a table, a date or an array of anything but strings is refused."""
     if isinstance(value, list):
-        return shlex.join(str(v) for v in value)
-    return str(value)
+        if all(isinstance(item, str) for item in value):
+            return tuple(value)
+        check.add(f"{where} must be an array of strings")
+        return None
+    if isinstance(value, str | bool | int | float):
+        return value
+    check.add(f"{where} must be a string, a number, true/false or an array of strings")
+    return None
 
 
 def _unknown(table: Mapping[str, Any], known: set[str], where: str, check: Checker) -> None:
@@ -111,20 +117,26 @@ def _unknown(table: Mapping[str, Any], known: set[str], where: str, check: Check
         check.add(f"unknown key {shown(key)} in {where}; known keys: {', '.join(sorted(known))}")
 
 
-def _token_values(table: Any, where: str, check: Checker) -> dict[str, str]:
+def _token_values(table: Any, where: str, check: Checker) -> dict[str, Value]:
     if not isinstance(table, dict):
         check.add(f"{where} must be a table")
         return {}
     _unknown(table, set(TOKEN_KEYS), where, check)
-    return {TOKEN_KEYS[k]: _text(v) for k, v in table.items() if k in TOKEN_KEYS}
-
-
-def settings(document: Document, check: Checker) -> dict[str, str]:
-    """Server-wide settings (and the [token] defaults), as raw strings."""
-    _unknown(document, TOP_KEYS, "the config file", check)
-    values = {
-        k: _text(v) for k, v in document.items() if k in SETTINGS_BY_NAME and k not in _NOT_IN_FILE
+    found = {
+        TOKEN_KEYS[k]: _value(v, f"{where}.{k}", check) for k, v in table.items() if k in TOKEN_KEYS
     }
+    return {k: v for k, v in found.items() if v is not None}
+
+
+def settings(document: Document, check: Checker) -> dict[str, Value]:
+    """Server-wide settings (and the [token] defaults), as the file gives them."""
+    _unknown(document, TOP_KEYS, "the config file", check)
+    found = {
+        k: _value(v, k, check)
+        for k, v in document.items()
+        if k in SETTINGS_BY_NAME and k not in _NOT_IN_FILE
+    }
+    values = {k: v for k, v in found.items() if v is not None}
     if "token" in document:
         values.update(_token_values(document["token"], "[token]", check))
     return values

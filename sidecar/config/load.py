@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import configparser
-import contextlib
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -36,6 +35,8 @@ from sidecar.config.settings import (
     SDK_ALLOWED_HOSTS,
     SETTINGS_BY_NAME,
     Raw,
+    Value,
+    as_text,
     default_session_name,
     is_local_address,
     parse_listen,
@@ -96,8 +97,8 @@ def load_config(
     """Build the validated ``Config`` or raise one ``ConfigError`` listing every problem."""
     check = Checker()
     document = None
-    file_values: dict[str, str] = {}
-    config_path = resolve_raw(flags, environ)["config"][0]  # only a flag or SIDECAR_CONFIG
+    file_values: dict[str, Value] = {}
+    config_path = as_text(resolve_raw(flags, environ)["config"][0])  # only a flag or SIDECAR_CONFIG
     if config_path:
         document = config_file.read(Path(config_path), check)
         file_values = config_file.settings(document, check) if document is not None else {}
@@ -106,12 +107,12 @@ def load_config(
     raw = resolve_raw(flags, environ, overrides, file_values, defaults)
 
     def value(name: str) -> str:
-        return raw[name][0] or ""
+        return as_text(raw[name][0])
 
     region = value("region")
     if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d{1,2}", region):
         check.add(f"{raw['region'][1]}={shown(region)} is not an AWS region like us-east-1")
-    endpoint = raw["sts_endpoint"][0]
+    endpoint = as_text(raw["sts_endpoint"][0]) or None
     if endpoint and not re.match(r"^https?://[^/\s]+", endpoint):
         check.add(
             f"{raw['sts_endpoint'][1]}={shown(endpoint)} is not a URL: expected https://host[:port]"
@@ -132,13 +133,13 @@ def load_config(
             "use 127.0.0.1:9911, [::1]:9911 or 169.254.170.23:80"
         )
 
-    auth_text = raw["auth_token_file"][0]
+    auth_text = as_text(raw["auth_token_file"][0])
     if auth_text and holds_token(auth_text):
         check.add(
             f"{raw['auth_token_file'][1]}: this looks like a token, not a path: give the path "
             "of the auth token file (it is created with a random token if missing)"
         )
-        auth_text = None
+        auth_text = ""
     insecure = truthy(raw["insecure_no_auth"][0])
     if auth_text and insecure:
         check.add("--auth-token-file and --insecure-no-auth contradict each other: pick one")
@@ -153,9 +154,7 @@ def load_config(
             f"{', '.join(LOG_LEVELS)}"
         )
 
-    ratio = -1.0
-    with contextlib.suppress(ValueError):
-        ratio = float(value("refresh_ahead_ratio"))
+    ratio = _number(raw["refresh_ahead_ratio"][0])
     if not 0.05 <= ratio <= 0.75:
         check.add(
             f"{raw['refresh_ahead_ratio'][1]}={shown(value('refresh_ahead_ratio'))} must be "
@@ -177,11 +176,7 @@ def load_config(
     )
 
     def count(name: str, low: int, high: int) -> int:
-        text = value(name).strip()
-        if not text.isdigit() or not low <= int(text) <= high:
-            check.add(f"{raw[name][1]}={text!r} must be a whole number from {low} to {high}")
-            return low
-        return int(text)
+        return _count(raw, name, low, high, check)
 
     limits = ListenerLimits(
         idle_timeout=secs("idle_timeout", 0.01, 3600),
@@ -214,10 +209,10 @@ def load_config(
         default_role = "default"
 
     imds_host, imds_port = None, 0
-    imds_role = raw["imds_role"][0] or default_role
-    if raw["imds_listen"][0]:
+    imds_role = as_text(raw["imds_role"][0]) or default_role
+    if as_text(raw["imds_listen"][0]):
         try:
-            imds_host, imds_port = parse_listen(raw["imds_listen"][0])
+            imds_host, imds_port = parse_listen(as_text(raw["imds_listen"][0]))
         except ValueError as exc:
             check.add(
                 f"{raw['imds_listen'][1]}={shown(raw['imds_listen'][0])} is not a listen "
@@ -232,10 +227,10 @@ def load_config(
             )
 
     relative_host, relative_port = None, 0
-    relative_dir = raw["relative_id_dir"][0]
-    if raw["relative_listen"][0]:
+    relative_dir = as_text(raw["relative_id_dir"][0])
+    if as_text(raw["relative_listen"][0]):
         try:
-            relative_host, relative_port = parse_listen(raw["relative_listen"][0])
+            relative_host, relative_port = parse_listen(as_text(raw["relative_listen"][0]))
         except ValueError as exc:
             check.add(
                 f"{raw['relative_listen'][1]}={shown(raw['relative_listen'][0])} is not a "
@@ -252,7 +247,7 @@ def load_config(
                 f"{raw['relative_id_dir'][1]}: this looks like a token, not a path: give the "
                 "directory that holds one id file per role"
             )
-            relative_dir = None
+            relative_dir = ""
 
     if not auth_text and not insecure and any(r.auth_token_file is None for r in roles):
         check.add(
@@ -301,9 +296,9 @@ def credentials_file_config(
     raw: Raw, default_role: str | None, check: Checker
 ) -> CredentialsFileConfig | None:
     """``--write-credentials-file`` and its companions, checked together."""
-    path = raw["write_credentials_file"][0]
-    profile = raw["profile"][0] or "default"
-    on_exit_text = (raw["credentials_file_on_exit"][0] or "").lower()
+    path = as_text(raw["write_credentials_file"][0])
+    profile = as_text(raw["profile"][0]) or "default"
+    on_exit_text = as_text(raw["credentials_file_on_exit"][0]).lower()
     on_exit: ClearMode = "remove"
     if on_exit_text in CLEAR_MODES:
         on_exit = cast(ClearMode, on_exit_text)
@@ -368,28 +363,42 @@ def request_limits(
                 f"that anything reaching {bind} gets credentials with {override}"
             )
 
-    def count(name: str, low: int, high: int) -> int:
-        text = raw[name][0] or ""
-        if not text.isdigit() or not low <= int(text) <= high:
-            check.add(f"{raw[name][1]}={text!r} must be a whole number from {low} to {high}")
-            return low
-        return int(text)
-
-    rate_text = raw["failed_request_rate"][0] or ""
-    rate = -1.0
-    with contextlib.suppress(ValueError):
-        rate = float(rate_text)
+    rate = _number(raw["failed_request_rate"][0])
     if not 0 <= rate <= 100_000:
         check.add(
-            f"{raw['failed_request_rate'][1]}={rate_text!r} must be a number of requests per "
-            "second from 0 (no limit) to 100000"
+            f"{raw['failed_request_rate'][1]}={shown(raw['failed_request_rate'][0])} must be a "
+            "number of requests per second from 0 (no limit) to 100000"
         )
     return RequestLimits(
-        failed_request_burst=count("failed_request_burst", 1, 1_000_000),
+        failed_request_burst=_count(raw, "failed_request_burst", 1, 1_000_000, check),
         failed_request_rate=rate if rate > 0 else None,
-        refusal_log_budget=count("refusal_log_budget", 1, 1_000_000),
+        refusal_log_budget=_count(raw, "refusal_log_budget", 1, 1_000_000, check),
         allow_network_listener=allow_network,
     )
+
+
+def _number(value: Value | None) -> float:
+    """A number setting (a config file's number as it is); -1 if it is not a number."""
+    if isinstance(value, bool) or value is None or isinstance(value, tuple):
+        return -1.0
+    if isinstance(value, int | float):
+        return float(value)
+    try:
+        return float(value)
+    except ValueError:
+        return -1.0
+
+
+def _count(raw: Raw, name: str, low: int, high: int, check: Checker) -> int:
+    """A whole-number setting between ``low`` and ``high``."""
+    value = raw[name][0]
+    number = value if isinstance(value, int) and not isinstance(value, bool) else None
+    if isinstance(value, str) and value.strip().isdigit():
+        number = int(value.strip())
+    if number is None or not low <= number <= high:
+        check.add(f"{raw[name][1]}={shown(value)} must be a whole number from {low} to {high}")
+        return low
+    return number
 
 
 def _supplied_values(
@@ -421,7 +430,7 @@ def _supplied_values(
 
 def flag_role(raw: Raw, environ: Mapping[str, str], check: Checker) -> RoleConfig:
     """The single role described by flags and environment variables."""
-    role_arn = raw["role_arn"][0]
+    role_arn = as_text(raw["role_arn"][0])
     if not role_arn:
         check.add(
             "no role to assume: pass --role-arn or set AWS_ROLE_ARN "
@@ -430,7 +439,7 @@ def flag_role(raw: Raw, environ: Mapping[str, str], check: Checker) -> RoleConfi
         role_arn = ""
     else:
         check.role_arn(role_arn, raw["role_arn"][1])
-    session = raw["session_name"][0]
+    session = as_text(raw["session_name"][0]) or None
     if session:
         check.session_name(session, raw["session_name"][1])
     duration = check.duration(raw["duration"][0] or "3600", raw["duration"][1], chained=False)

@@ -328,14 +328,28 @@ TOKEN_SETTINGS = (
 )
 
 
-Raw = dict[str, tuple[str | None, str]]
+#: A setting's value as given: text from a flag or a variable; from the config file, the
+#: TOML value itself (a bool, a number, an array of strings), never turned into text.
+Value = str | bool | int | float | tuple[str, ...]
+Raw = dict[str, tuple[Value | None, str]]
+
+
+def as_text(value: Value | None) -> str:
+    """A text setting's value ("" if absent). A number is its decimal text (the parsers of
+    numeric settings take numbers as they are); a bool or an array is "" (the config file
+    reader has already refused them for a text setting)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return ""
 
 
 def resolve_raw(
     flags: Mapping[str, str | None],
     environ: Mapping[str, str],
     overrides: Mapping[str, str] | None = None,
-    file_values: Mapping[str, str] | None = None,
+    file_values: Mapping[str, Value] | None = None,
     defaults: Mapping[str, str] | None = None,
 ) -> Raw:
     """Each setting's raw value and where it came from (named in error messages).
@@ -345,7 +359,7 @@ def resolve_raw(
     """
     raw: Raw = {}
     for setting in SETTINGS:
-        candidates: list[tuple[str | None, str]] = [(flags.get(setting.name), setting.flag)]
+        candidates: list[tuple[Value | None, str]] = [(flags.get(setting.name), setting.flag)]
         if overrides:
             candidates.append((overrides.get(setting.name), "dev mode"))
         ours = [e for e in setting.envs if e.startswith("SIDECAR_")]
@@ -418,12 +432,16 @@ def is_local_address(host: str) -> bool:
     return any(address in network for network in LOCAL_NETWORKS)
 
 
-def split_list(text: str | None) -> tuple[str, ...]:
-    return tuple(part.strip() for part in (text or "").split(",") if part.strip())
+def split_list(value: Value | None) -> tuple[str, ...]:
+    """A comma-separated text, or an array from the config file, as its non-empty items."""
+    parts = value if isinstance(value, tuple) else as_text(value).split(",")
+    return tuple(part.strip() for part in parts if part.strip())
 
 
-def truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+def truthy(value: Value | None) -> bool:
+    if isinstance(value, bool):
+        return value
+    return as_text(value).strip().lower() in ("1", "true", "yes", "on")
 
 
 def default_session_name() -> str:
