@@ -21,10 +21,12 @@ from sidecar.config.node_agent import NODE_SETTINGS
 from sidecar.core.metrics import Metrics
 from sidecar.devmode.issuer import OidcIssuer
 from sidecar.tenancy.associations import parse_associations
+from tests import netns
 from tests.peers import (
     REPO,
     DaemonProcess,
     EmulatorThread,
+    clean_aws_env,
     daemon,
     emulator_args,
     http_get,
@@ -56,8 +58,9 @@ EXAMPLES = sorted(p for p in DEPLOY.rglob("*") if p.is_file())
     ids=lambda p: str(p.relative_to(DEPLOY)),
 )
 def test_yaml_parses(path: Path) -> None:
-    """Every YAML example is valid YAML."""
-    assert yaml.safe_load(path.read_text())
+    """Every YAML example is valid YAML (a manifest may hold several documents)."""
+    documents = list(yaml.safe_load_all(path.read_text()))
+    assert documents and all(documents)
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: str(p.relative_to(DEPLOY)))
@@ -493,3 +496,104 @@ def test_node_agent_manifest_serves_the_example_pod(
             assert status == 200, (probe, body)
     finally:
         process.kill()
+
+
+# The cluster's issuer and STS, inside the node's namespace (the agent reaches them there):
+# prints their URLs and a token for the service account in argv[1], then serves.
+_NODE_SERVICES = """
+import asyncio, json, sys
+from sidecar.devmode.environment import serve_emulator
+async def main():
+    async with serve_emulator() as (url, issuer, _):
+        token = issuer.mint(subject=sys.argv[1], ttl=3600)
+        print(json.dumps({"sts": url, "issuer": issuer.url, "token": token}), flush=True)
+        await asyncio.Event().wait()
+asyncio.run(main())
+"""
+# The kubelet's httpGet probe: exits 0 on a 2xx answer.
+_PROBE = """
+import sys, urllib.request
+urllib.request.urlopen(f"http://{sys.argv[1]}:{sys.argv[2]}{sys.argv[3]}", timeout=5)
+"""
+# The pod: its SDK (botocore's container provider, with the pod's variables) gets
+# credentials; the raw answer (over IPv4 and IPv6) names the role served.
+_POD = """
+import json, os, sys, urllib.request
+from botocore.credentials import ContainerProvider
+credentials = ContainerProvider().load().get_frozen_credentials()
+assert credentials.access_key.startswith("ASIA"), credentials.access_key
+token = open(os.environ["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"]).read()
+for url in (os.environ["AWS_CONTAINER_CREDENTIALS_FULL_URI"], sys.argv[1]):
+    request = urllib.request.Request(url, headers={"Authorization": token})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        print(json.loads(answer.read())["RoleArn"])
+"""
+
+
+@pytest.mark.integration
+def test_node_agent_daemonset_runs_in_a_node_namespace(tmp_path: Path) -> None:
+    """The DaemonSet as written, on a simulated node (a network namespace): the init
+    container's command adds the link-local addresses, the agent's args (issuer and STS
+    pointed at local stand-ins) serve port 80 on both as uid 0, the kubelet's probes pass,
+    and the example pod, in its own namespace behind a veth, gets its role through the
+    SDK with exactly the pod's variables, over IPv4 and IPv6."""
+    spec, objects = _node_agent()
+    (init,), (agent,) = spec["initContainers"], spec["containers"]
+    flags = _flag_values(agent["args"][1:])
+    config_map = next(o for o in objects if o["kind"] == "ConfigMap")
+    associations = tmp_path / "associations.toml"
+    associations.write_text(config_map["data"]["associations.toml"])
+    pod, app = _example_pod()
+    namespace, account = pod["metadata"]["namespace"], pod["spec"]["serviceAccountName"]
+    expected = parse_associations(tomllib.loads(associations.read_text()), "x", "x").find(
+        namespace, account
+    )
+    assert expected is not None
+    env = clean_aws_env()
+    with netns.namespaces() as net:
+        node, pod_ns = net.namespace("node"), net.namespace("pod")
+        link = net.veth(node, pod_ns)
+        services = node.popen(
+            [sys.executable, "-c", _NODE_SERVICES, f"system:serviceaccount:{namespace}:{account}"],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=REPO,
+        )
+        assert services.stdout is not None
+        stand_ins = json.loads(services.stdout.readline())
+        node.run([sys.executable, "-m", "sidecar", *init["args"]], env=env, cwd=REPO)
+        args = [
+            {
+                flags["--issuer"][0]: stand_ins["issuer"],
+                flags["--associations"][0]: str(associations),
+            }.get(a, a)
+            for a in agent["args"]
+        ]
+        process = node.popen(
+            [sys.executable, "-m", "sidecar", *args, "--sts-endpoint", stand_ins["sts"]],
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=REPO,
+        )
+        assert process.stderr is not None
+        for line in process.stderr:
+            if json.loads(line).get("event") == "started":
+                break
+        else:
+            pytest.fail("the node agent did not start")
+        for probe in ("livenessProbe", "readinessProbe"):
+            get = agent[probe]["httpGet"]
+            node.run([sys.executable, "-c", _PROBE, get["host"], str(get["port"]), get["path"]])
+        pod_ns.route("default", via=link.a_ipv4.ip)
+        pod_ns.route("fd00:ec2::23/128", via=link.a_ipv6.ip)
+        token = tmp_path / "token"
+        token.write_text(stand_ins["token"])
+        pod_env = {e["name"]: e["value"] for e in app["env"]}
+        pod_env["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"] = str(token)
+        served = pod_ns.run(
+            [sys.executable, "-c", _POD, "http://[fd00:ec2::23]/v1/credentials"],
+            env={**env, **pod_env},
+        )
+        assert served.stdout.split() == [expected.role.role_arn] * 2
