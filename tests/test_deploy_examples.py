@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,14 +17,38 @@ from prometheus_client import CollectorRegistry
 
 from sidecar import __version__
 from sidecar.config import SETTINGS
+from sidecar.config.node_agent import NODE_SETTINGS
 from sidecar.core.metrics import Metrics
 from sidecar.devmode.issuer import OidcIssuer
-from tests.peers import REPO, EmulatorThread, daemon, emulator_args, run_sidecar
+from sidecar.tenancy.associations import parse_associations
+from tests import netns
+from tests.peers import (
+    REPO,
+    DaemonProcess,
+    EmulatorThread,
+    clean_aws_env,
+    daemon,
+    emulator_args,
+    http_get,
+    run_sidecar,
+)
 from tests.render_kustomize import render
 
 DEPLOY = REPO / "deploy"
 FLAGS = {s.flag for s in SETTINGS} | {"--wait", "--trust-policy", "--version", "--help"}
-ENVS = {e for s in SETTINGS for e in s.envs if e.startswith("SIDECAR_")}
+NODE_FLAGS = {s.flag for s in NODE_SETTINGS} | {"--help"}
+#: Per subcommand: the flags it takes.
+COMMAND_FLAGS = {
+    "serve": FLAGS,
+    "exec": FLAGS,
+    "inspect": FLAGS,
+    "node-agent": NODE_FLAGS,
+    "link-local": {"--address", "--interface", "--help"},
+    "dev-pod-token": {"--issuer", "--namespace", "--service-account", "--ttl", "--help"},
+}
+ENVS = {e for s in SETTINGS for e in s.envs if e.startswith("SIDECAR_")} | {
+    s.env for s in NODE_SETTINGS
+}
 EXAMPLES = sorted(p for p in DEPLOY.rglob("*") if p.is_file())
 
 
@@ -32,26 +58,42 @@ EXAMPLES = sorted(p for p in DEPLOY.rglob("*") if p.is_file())
     ids=lambda p: str(p.relative_to(DEPLOY)),
 )
 def test_yaml_parses(path: Path) -> None:
-    """Every YAML example is valid YAML."""
-    assert yaml.safe_load(path.read_text())
+    """Every YAML example is valid YAML (a manifest may hold several documents)."""
+    documents = list(yaml.safe_load_all(path.read_text()))
+    assert documents and all(documents)
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: str(p.relative_to(DEPLOY)))
 def test_flags_and_variables_exist(path: Path) -> None:
     """No example uses a credential-sidecar flag or SIDECAR_* variable that does not exist."""
     text = path.read_text()
-    for command in re.findall(
-        r"credential-sidecar['\"]? (?:serve|exec|inspect)[^\n]*(?:\n\s+--[^\n]*)*", text
+    commands = "|".join(COMMAND_FLAGS)
+    for match in re.finditer(
+        rf"credential-sidecar['\"]? ({commands})\b[^\n]*(?:\n\s+--[^\n]*)*", text
     ):
-        for flag in re.findall(r"(?<![\w-])--[a-z][a-z-]+", command):
-            assert flag in FLAGS or flag == "--network", f"{path}: unknown flag {flag}"
+        known = COMMAND_FLAGS[match.group(1)]
+        for flag in re.findall(r"(?<![\w-])--[a-z][a-z-]+", match.group(0)):
+            assert flag in known or flag == "--network", f"{path}: unknown flag {flag}"
     for variable in re.findall(r"\bSIDECAR_[A-Z_]+", text):
         assert variable in ENVS, f"{path}: unknown variable {variable}"
 
 
 def test_readme_uses_only_existing_flags_and_variables() -> None:
-    """The README's commands use only flags and SIDECAR_* variables that exist."""
+    """The README's and the node agent guide's commands use only flags and SIDECAR_*
+    variables that exist."""
     test_flags_and_variables_exist(REPO / "README.md")
+    test_flags_and_variables_exist(REPO / "docs" / "node-agent.md")
+
+
+def test_the_flag_check_sees_node_agent_flags(tmp_path: Path) -> None:
+    """The example check knows node-agent's own flags and refuses serve's flags there."""
+    good = tmp_path / "good.md"
+    good.write_text("credential-sidecar node-agent --issuer https://x --max-identities 5\n")
+    test_flags_and_variables_exist(good)
+    bad = tmp_path / "bad.md"
+    bad.write_text("credential-sidecar node-agent --role-arn arn:aws:iam::1:role/x\n")
+    with pytest.raises(AssertionError, match="unknown flag --role-arn"):
+        test_flags_and_variables_exist(bad)
 
 
 #: Per platform: the issuer URL and a `sub` of the shape that platform issues, which the
@@ -122,8 +164,8 @@ def test_trust_policy_refuses_another_project(tmp_path: Path, platform: str) -> 
 def test_alert_rules_use_only_exported_metrics() -> None:
     """The Prometheus rules name only metrics the daemon exports, and cover expiry,
     refresh failures and readiness."""
-    families = {f.name for f in Metrics(CollectorRegistry()).registry.collect()}
-    exported = {n + "_total" if n.endswith(("exchanges", "requests")) else n for n in families}
+    families = list(Metrics(CollectorRegistry()).registry.collect())
+    exported = {f.name + "_total" if f.type == "counter" else f.name for f in families}
     rules = yaml.safe_load((DEPLOY / "kubernetes" / "prometheus" / "alerts.yaml").read_text())
     exprs = [r["expr"] for g in rules["groups"] for r in g["rules"]]
     used = {m for e in exprs for m in re.findall(r"\bcredential_sidecar_\w+", e)}
@@ -133,8 +175,11 @@ def test_alert_rules_use_only_exported_metrics() -> None:
         "credential_sidecar_consecutive_failures",
         "credential_sidecar_sts_exchanges_total",
         "credential_sidecar_ready",
+        "credential_sidecar_pod_token_refusals_total",
+        "credential_sidecar_sts_rate_limited_total",
     }
     assert any('result="failure"' in e for e in exprs)
+    assert any("credential-sidecar-node-agent" in e for e in exprs)
     for group in rules["groups"]:
         for rule in group["rules"]:
             assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
@@ -251,3 +296,304 @@ def test_recipes_pin_the_version_they_install() -> None:
     assert installs
     for path, line in installs:
         assert f"credential-sidecar=={__version__}" in line, f"{path}: {line.strip()}"
+
+
+# --- The node agent ---------------------------------------------------------------------
+
+NODE_AGENT = DEPLOY / "kubernetes" / "node-agent"
+AGENT_ADDRESS = "169.254.170.23"
+
+
+def _node_agent(layout: Path = NODE_AGENT) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The DaemonSet's pod spec, and every object of the layout."""
+    objects = render(layout)
+    daemonset = next(o for o in objects if o["kind"] == "DaemonSet")
+    spec: dict[str, Any] = daemonset["spec"]["template"]["spec"]
+    return spec, objects
+
+
+def _example_pod() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The example pod's spec and its app container."""
+    docs = list(yaml.safe_load_all((NODE_AGENT / "examples" / "pod.yaml").read_text()))
+    pod: dict[str, Any] = next(d for d in docs if d["kind"] == "Pod")
+    app: dict[str, Any] = next(c for c in pod["spec"]["containers"] if c["name"] == "app")
+    return pod, app
+
+
+def _flag_values(args: list[str]) -> dict[str, list[str]]:
+    """``--flag value`` and ``--flag=value`` pairs of a container's args, by flag."""
+    values: dict[str, list[str]] = {}
+    i = 0
+    while i < len(args):
+        flag, _, value = args[i].partition("=")
+        switch = flag in {s.flag for s in NODE_SETTINGS if s.switch}
+        if not value and not switch:
+            i += 1
+            value = args[i]
+        values.setdefault(flag, []).append(value)
+        i += 1
+    return values
+
+
+def test_node_agent_daemonset_shape() -> None:
+    """The DaemonSet: host network with cluster DNS, node-critical on every node, rolling
+    updates, no API token; an init container adding the link-local addresses with NET_ADMIN
+    alone; the agent with NET_BIND_SERVICE alone, a read-only root, seccomp, resources, and
+    probes on 169.254.170.23:80."""
+    spec, objects = _node_agent()
+    daemonset = next(o for o in objects if o["kind"] == "DaemonSet")
+    assert daemonset["spec"]["updateStrategy"]["type"] == "RollingUpdate"
+    assert spec["hostNetwork"] is True and spec["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert spec["priorityClassName"] == "system-node-critical"
+    assert {"operator": "Exists"} in spec["tolerations"]
+    assert spec["automountServiceAccountToken"] is False
+    account = next(o for o in objects if o["kind"] == "ServiceAccount")
+    assert account["automountServiceAccountToken"] is False
+    assert spec["serviceAccountName"] == account["metadata"]["name"]
+    assert not [o for o in objects if "Role" in o["kind"]], "the agent needs no API access"
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (init,) = spec["initContainers"]
+    assert init["args"] == [
+        "link-local",
+        "up",
+        "--address",
+        AGENT_ADDRESS,
+        "--address",
+        "fd00:ec2::23",
+    ]
+    (agent,) = spec["containers"]
+    assert agent["args"][0] == "node-agent"
+    for container, capability in ((init, "NET_ADMIN"), (agent, "NET_BIND_SERVICE")):
+        context = container["securityContext"]
+        assert context["capabilities"] == {"drop": ["ALL"], "add": [capability]}
+        assert context["readOnlyRootFilesystem"] is True
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["privileged"] is False
+        assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert container["resources"]["requests"] and container["resources"]["limits"]
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        assert agent[probe]["httpGet"] == {"host": AGENT_ADDRESS, "port": 80, "path": path}
+
+
+def test_node_agent_reads_the_associations_config_map() -> None:
+    """--associations names the file the ConfigMap volume puts there (a directory mount, so
+    the kubelet updates it), and the ConfigMap holds associations the agent accepts."""
+    spec, objects = _node_agent()
+    (agent,) = spec["containers"]
+    flags = _flag_values(agent["args"][1:])
+    (path,) = flags["--associations"]
+    (mount,) = [m for m in agent["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
+    assert "subPath" not in mount and mount["readOnly"] is True
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    config_map = next(
+        o
+        for o in objects
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"] == volume["configMap"]["name"]
+    )
+    key = path.removeprefix(mount["mountPath"] + "/")
+    parsed = parse_associations(tomllib.loads(config_map["data"][key]), "sts.amazonaws.com", key)
+    pod, _ = _example_pod()
+    association = parsed.find(pod["metadata"]["namespace"], pod["spec"]["serviceAccountName"])
+    assert association is not None, "the example pod's service account has no association"
+
+
+def test_node_agent_args_are_node_agent_flags() -> None:
+    """The agent's args are node-agent flags (each layout), and none is left to its
+    placeholder-free default where the cluster must be named."""
+    for layout in (NODE_AGENT, NODE_AGENT / "monitored"):
+        spec, _ = _node_agent(layout)
+        flags = _flag_values(spec["containers"][0]["args"][1:])
+        assert set(flags) <= NODE_FLAGS, set(flags) - NODE_FLAGS
+        assert {"--issuer", "--associations", "--region"} <= set(flags)
+
+
+def test_example_pod_uses_the_node_agent() -> None:
+    """The example pod sends its projected STS-audience token to the agent's address, and
+    waits for the agent before the app starts."""
+    pod, app = _example_pod()
+    env = {e["name"]: e["value"] for e in app["env"]}
+    assert env["AWS_CONTAINER_CREDENTIALS_FULL_URI"] == f"http://{AGENT_ADDRESS}/v1/credentials"
+    token_file = env["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"]
+    assert token_file == "/var/run/secrets/credential-sidecar/token"
+    (mount,) = [m for m in app["volumeMounts"] if token_file.startswith(m["mountPath"] + "/")]
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == mount["name"])
+    (source,) = volume["projected"]["sources"]
+    projected = source["serviceAccountToken"]
+    assert projected["audience"] == "sts.amazonaws.com"
+    assert projected["expirationSeconds"] == 3600
+    assert token_file == f"{mount['mountPath']}/{projected['path']}"
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    (wait,) = pod["spec"]["initContainers"]
+    assert f"http://{AGENT_ADDRESS}/readyz" in wait["command"][2]
+
+
+def test_scrape_config_finds_the_node_agents_metrics_port() -> None:
+    """The node-agent scrape job keeps the port the monitored node agent listens on, on the
+    node's IP (the link-local addresses cannot be reached from Prometheus's node)."""
+    scrape = yaml.safe_load(
+        (DEPLOY / "kubernetes" / "prometheus" / "scrape-config.yaml").read_text()
+    )
+    job = next(j for j in scrape["scrape_configs"] if j["job_name"].endswith("node-agent"))
+    keep = next(r for r in job["relabel_configs"] if r.get("action") == "keep")
+    spec, _ = _node_agent(NODE_AGENT / "monitored")
+    (agent,) = spec["containers"]
+    port = next(p for p in agent["ports"] if p["name"] == keep["regex"])
+    listen = _flag_values(agent["args"][1:])["--listen"]
+    assert f"$(NODE_IP):{port['containerPort']}" in listen
+    assert f"{AGENT_ADDRESS}:80" in listen and "[fd00:ec2::23]:80" in listen
+    (node_ip,) = [e for e in agent["env"] if e["name"] == "NODE_IP"]
+    assert node_ip["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"
+
+
+@pytest.mark.integration
+def test_node_agent_manifest_serves_the_example_pod(
+    emulator: EmulatorThread, tmp_path: Path
+) -> None:
+    """The DaemonSet's own args and ConfigMap, pointed at the dev issuer and STS emulator
+    on loopback, serve the example pod's service account its associated role at the path
+    the pod's URL names, and the probes' paths answer 200."""
+    spec, objects = _node_agent()
+    (agent,) = spec["containers"]
+    flags = _flag_values(agent["args"][1:])
+    config_map = next(o for o in objects if o["kind"] == "ConfigMap")
+    associations = tmp_path / "associations.toml"
+    associations.write_text(config_map["data"]["associations.toml"])
+    args = [a for a in agent["args"] if not a.startswith("--issuer") and a != flags["--issuer"][0]]
+    args = [str(associations) if a == flags["--associations"][0] else a for a in args]
+    process = DaemonProcess([])
+    process.args = [
+        sys.executable,
+        "-m",
+        "sidecar",
+        *args,
+        "--issuer",
+        emulator.issuer.url,
+        "--sts-endpoint",
+        emulator.url,
+        "--listen",
+        "127.0.0.1:0",
+    ]
+    try:
+        (url,) = process.start(wait_for=None).wait_event("started")["urls"]
+        base = url.rsplit("/v1/", 1)[0]
+        pod, app = _example_pod()
+        subject = (
+            f"system:serviceaccount:{pod['metadata']['namespace']}:"
+            f"{pod['spec']['serviceAccountName']}"
+        )
+        env = {e["name"]: e["value"] for e in app["env"]}
+        path = urlsplit(env["AWS_CONTAINER_CREDENTIALS_FULL_URI"]).path
+        status, _, body = http_get(base + path, emulator.issuer.mint(subject=subject, ttl=3600))
+        assert status == 200, body
+        expected = parse_associations(
+            tomllib.loads(associations.read_text()), "sts.amazonaws.com", "x"
+        ).find(pod["metadata"]["namespace"], pod["spec"]["serviceAccountName"])
+        assert expected is not None
+        assert json.loads(body)["RoleArn"] == expected.role.role_arn
+        assert emulator.last_subject() == subject
+        for probe in ("livenessProbe", "readinessProbe"):
+            status, _, body = http_get(base + agent[probe]["httpGet"]["path"])
+            assert status == 200, (probe, body)
+    finally:
+        process.kill()
+
+
+# The cluster's issuer and STS, inside the node's namespace (the agent reaches them there):
+# prints their URLs and a token for the service account in argv[1], then serves.
+_NODE_SERVICES = """
+import asyncio, json, sys
+from sidecar.devmode.environment import serve_emulator
+async def main():
+    async with serve_emulator() as (url, issuer, _):
+        token = issuer.mint(subject=sys.argv[1], ttl=3600)
+        print(json.dumps({"sts": url, "issuer": issuer.url, "token": token}), flush=True)
+        await asyncio.Event().wait()
+asyncio.run(main())
+"""
+# The kubelet's httpGet probe: exits 0 on a 2xx answer.
+_PROBE = """
+import sys, urllib.request
+urllib.request.urlopen(f"http://{sys.argv[1]}:{sys.argv[2]}{sys.argv[3]}", timeout=5)
+"""
+# The pod: its SDK (botocore's container provider, with the pod's variables) gets
+# credentials; the raw answer (over IPv4 and IPv6) names the role served.
+_POD = """
+import json, os, sys, urllib.request
+from botocore.credentials import ContainerProvider
+credentials = ContainerProvider().load().get_frozen_credentials()
+assert credentials.access_key.startswith("ASIA"), credentials.access_key
+token = open(os.environ["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"]).read()
+for url in (os.environ["AWS_CONTAINER_CREDENTIALS_FULL_URI"], sys.argv[1]):
+    request = urllib.request.Request(url, headers={"Authorization": token})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        print(json.loads(answer.read())["RoleArn"])
+"""
+
+
+@pytest.mark.integration
+def test_node_agent_daemonset_runs_in_a_node_namespace(tmp_path: Path) -> None:
+    """The DaemonSet as written, on a simulated node (a network namespace): the init
+    container's command adds the link-local addresses, the agent's args (issuer and STS
+    pointed at local stand-ins) serve port 80 on both as uid 0, the kubelet's probes pass,
+    and the example pod, in its own namespace behind a veth, gets its role through the
+    SDK with exactly the pod's variables, over IPv4 and IPv6."""
+    spec, objects = _node_agent()
+    (init,), (agent,) = spec["initContainers"], spec["containers"]
+    flags = _flag_values(agent["args"][1:])
+    config_map = next(o for o in objects if o["kind"] == "ConfigMap")
+    associations = tmp_path / "associations.toml"
+    associations.write_text(config_map["data"]["associations.toml"])
+    pod, app = _example_pod()
+    namespace, account = pod["metadata"]["namespace"], pod["spec"]["serviceAccountName"]
+    expected = parse_associations(tomllib.loads(associations.read_text()), "x", "x").find(
+        namespace, account
+    )
+    assert expected is not None
+    env = clean_aws_env()
+    with netns.namespaces() as net:
+        node, pod_ns = net.namespace("node"), net.namespace("pod")
+        link = net.veth(node, pod_ns)
+        services = node.popen(
+            [sys.executable, "-c", _NODE_SERVICES, f"system:serviceaccount:{namespace}:{account}"],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=REPO,
+        )
+        assert services.stdout is not None
+        stand_ins = json.loads(services.stdout.readline())
+        node.run([sys.executable, "-m", "sidecar", *init["args"]], env=env, cwd=REPO)
+        args = [
+            {
+                flags["--issuer"][0]: stand_ins["issuer"],
+                flags["--associations"][0]: str(associations),
+            }.get(a, a)
+            for a in agent["args"]
+        ]
+        process = node.popen(
+            [sys.executable, "-m", "sidecar", *args, "--sts-endpoint", stand_ins["sts"]],
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=REPO,
+        )
+        assert process.stderr is not None
+        for line in process.stderr:
+            if json.loads(line).get("event") == "started":
+                break
+        else:
+            pytest.fail("the node agent did not start")
+        for probe in ("livenessProbe", "readinessProbe"):
+            get = agent[probe]["httpGet"]
+            node.run([sys.executable, "-c", _PROBE, get["host"], str(get["port"]), get["path"]])
+        pod_ns.route("default", via=link.a_ipv4.ip)
+        pod_ns.route("fd00:ec2::23/128", via=link.a_ipv6.ip)
+        token = tmp_path / "token"
+        token.write_text(stand_ins["token"])
+        pod_env = {e["name"]: e["value"] for e in app["env"]}
+        pod_env["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"] = str(token)
+        served = pod_ns.run(
+            [sys.executable, "-c", _POD, "http://[fd00:ec2::23]/v1/credentials"],
+            env={**env, **pod_env},
+        )
+        assert served.stdout.split() == [expected.role.role_arn] * 2

@@ -26,6 +26,20 @@ from tests.render_kustomize import dump, render
 DEPLOY = REPO / "deploy"
 KUBERNETES = DEPLOY / "kubernetes"
 OVERLAYS = sorted(p.parent.name for p in (KUBERNETES / "overlays").glob("*/kustomization.yaml"))
+NODE_AGENT = KUBERNETES / "node-agent"
+#: Every manifest users apply, by name: the sidecar overlays and the node agent's layouts
+#: (rendered), and the plain example files next to them.
+LAYOUTS = {
+    **{overlay: KUBERNETES / "overlays" / overlay for overlay in OVERLAYS},
+    **{
+        str(p.parent.relative_to(KUBERNETES)): p.parent
+        for p in sorted(NODE_AGENT.rglob("kustomization.yaml"))
+    },
+}
+EXAMPLE_MANIFESTS = {
+    str(p.relative_to(KUBERNETES)): p for p in sorted((NODE_AGENT / "examples").glob("*.yaml"))
+}
+MANIFESTS = sorted([*LAYOUTS, *EXAMPLE_MANIFESTS])
 UNIT = DEPLOY / "systemd" / "credential-sidecar.service"
 VENV_BIN = Path(sys.executable).parent
 INSTALL_HINT = "bash .ci/lint-deploy.sh installs it"
@@ -78,12 +92,13 @@ VERSIONS = _schema_versions() or ["(kubernetes-validate missing)"]
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Each overlay rendered to one manifest file, as `kubectl kustomize` would."""
+    """Each layout rendered to one manifest file, as `kubectl kustomize` would; the plain
+    example manifests as they are."""
     out = tmp_path_factory.mktemp("rendered")
-    files = {}
-    for overlay in OVERLAYS:
-        files[overlay] = out / f"{overlay}.yaml"
-        files[overlay].write_text(dump(render(KUBERNETES / "overlays" / overlay)))
+    files = dict(EXAMPLE_MANIFESTS)
+    for name, directory in LAYOUTS.items():
+        files[name] = out / f"{name.replace('/', '-')}.yaml"
+        files[name].write_text(dump(render(directory)))
     return files
 
 
@@ -97,18 +112,35 @@ def test_every_object_is_in_the_apps_namespace(overlay: str) -> None:
         assert obj["metadata"].get("namespace") == "app", (overlay, obj["kind"])
 
 
+@pytest.mark.parametrize("layout", [n for n in LAYOUTS if n.startswith("node-agent")])
+def test_node_agent_objects_are_in_kube_system(layout: str) -> None:
+    """Every object of the node agent's layouts is in kube-system, where the
+    system-node-critical priority class is admitted on every cluster."""
+    objects = render(LAYOUTS[layout])
+    assert objects
+    for obj in objects:
+        assert obj["metadata"].get("namespace") == "kube-system", (layout, obj["kind"])
+
+
 def test_every_overlay_is_covered() -> None:
-    """The overlays the lint tests render are the native-sidecar, classic and monitored ones."""
+    """The manifests the lint tests check are the native-sidecar, classic and monitored
+    overlays, the node agent and its monitored variant, and the node agent's example pod."""
     assert set(OVERLAYS) >= {"native-sidecar", "classic", "monitored"}
+    assert set(MANIFESTS) >= {
+        "node-agent",
+        "node-agent/monitored",
+        "node-agent/examples/pod.yaml",
+    }
     assert len(VERSIONS) == 3 or not _in_ci(), VERSIONS
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_kubernetes_validate_strict(overlay: str, version: str, rendered: dict[str, Path]) -> None:
-    """Each rendered overlay is valid, with no unknown field, for each recent Kubernetes."""
+@pytest.mark.parametrize("manifest", MANIFESTS)
+def test_kubernetes_validate_strict(manifest: str, version: str, rendered: dict[str, Path]) -> None:
+    """Each rendered layout and example is valid, with no unknown field, for each recent
+    Kubernetes."""
     validate = tool("kubernetes-validate", VENV_BIN / "kubernetes-validate")
-    result = run(validate, "--strict", "--quiet", "-k", version, str(rendered[overlay]))
+    result = run(validate, "--strict", "--quiet", "-k", version, str(rendered[manifest]))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -124,9 +156,10 @@ def test_kubernetes_validate_strict_catches_unknown_fields(tmp_path: Path) -> No
     assert result.returncode != 0 and "restartPolicyy" in result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_checkov_has_no_unexplained_finding(overlay: str, rendered: dict[str, Path]) -> None:
-    """checkov passes each rendered overlay; every skipped check carries a written reason."""
+@pytest.mark.parametrize("manifest", MANIFESTS)
+def test_checkov_has_no_unexplained_finding(manifest: str, rendered: dict[str, Path]) -> None:
+    """checkov passes each rendered layout and example; every skipped check carries a written
+    reason."""
     checkov = tool("checkov", REPO / ".venv" / "checkov" / "bin" / "checkov")
     result = run(
         checkov,
@@ -136,7 +169,7 @@ def test_checkov_has_no_unexplained_finding(overlay: str, rendered: dict[str, Pa
         "--output",
         "json",
         "--file",
-        str(rendered[overlay]),
+        str(rendered[manifest]),
         timeout=300,
     )
     report: dict[str, Any] = json.loads(result.stdout)
@@ -214,16 +247,20 @@ def _yaml_scripts(path: Path) -> Iterator[tuple[str, str, str]]:
 
 def _snippets() -> list[tuple[str, str, str]]:
     found: list[tuple[str, str, str]] = []
-    for path in [REPO / "README.md", *sorted(DEPLOY.rglob("*.md"))]:
+    for path in [
+        REPO / "README.md",
+        REPO / "docs" / "node-agent.md",
+        *sorted(DEPLOY.rglob("*.md")),
+    ]:
         for i, block in enumerate(_fenced(path.read_text(), "sh")):
             found.append((f"{path.relative_to(REPO)} sh block {i + 1}", "bash", block))
     for path in sorted(DEPLOY.rglob("*")):
         if path.suffix in (".yml", ".yaml") and path.is_file():
             found += list(_yaml_scripts(path))
-    for overlay in OVERLAYS:
-        objects = render(KUBERNETES / "overlays" / overlay)
+    for directory in LAYOUTS.values():
+        objects = render(directory)
         found += [
-            (f"overlays/{overlay} {n}", shell, script)
+            (f"{directory.relative_to(KUBERNETES)} {n}", shell, script)
             for obj in objects
             for n, shell, script in _walk_objects(obj)
         ]
@@ -231,7 +268,8 @@ def _snippets() -> list[tuple[str, str, str]]:
 
 
 def _walk_objects(obj: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
-    spec = obj.get("spec", {}).get("template", {}).get("spec", {})
+    spec = obj.get("spec", {})
+    spec = spec if obj.get("kind") == "Pod" else spec.get("template", {}).get("spec", {})
     for container in spec.get("initContainers", []) + spec.get("containers", []):
         for key in ("command", "args"):
             value = container.get(key) or []
@@ -246,7 +284,16 @@ SCRIPTS = sorted([*DEPLOY.rglob("*.sh"), REPO / ".ci" / "lint-deploy.sh"])
 def test_snippets_are_found() -> None:
     """The extraction sees the snippets of every kind of file that has them."""
     names = " ".join(name for name, _, _ in SNIPPETS)
-    for where in ("README.md", "github-actions", "gitlab", "circleci", "buildkite", "classic"):
+    for where in (
+        "README.md",
+        "github-actions",
+        "gitlab",
+        "circleci",
+        "buildkite",
+        "classic",
+        "node-agent/examples/pod.yaml",
+        "docs/node-agent.md",
+    ):
         assert where in names, where
 
 
