@@ -108,6 +108,20 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
+def cpu_share(pid: int, seconds: float) -> float:
+    """The share of one core ``pid`` used over the next ``seconds`` (user + system)."""
+
+    def ticks() -> int:
+        # Fields after the command name, which is in parentheses and may hold spaces.
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime, stime
+
+    before, started = ticks(), time.monotonic()
+    time.sleep(seconds)
+    used = (ticks() - before) / os.sysconf("SC_CLK_TCK")
+    return used / (time.monotonic() - started)
+
+
 def get(url: str, token: str | None = None, timeout: float = 5) -> tuple[int, bytes]:
     request = urllib.request.Request(url)  # noqa: S310 - loopback
     if token:
@@ -212,6 +226,9 @@ def main() -> int:
         "--sts-rate", type=float, default=500, help="the agent's --sts-rate during the fill"
     )
     parser.add_argument("--fill-concurrency", type=int, default=64)
+    parser.add_argument(
+        "--idle-seconds", type=float, default=5, help="how long CPU use at rest is measured"
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -282,6 +299,7 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
             wait_status(f"http://127.0.0.1:{agent_port}/readyz", None, "the node agent")
             time.sleep(1)  # let start-up garbage settle before the idle figure
             rss_idle = rss_kib(agent.pid)
+            cpu_idle = cpu_share(agent.pid, args.idle_seconds)
 
             # Phase 1: fill. The first identity alone, so its RSS is the base of the slope.
             calls_before = sts_calls(base)
@@ -300,12 +318,14 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
             # Phase 2: memory with every identity cached.
             time.sleep(1)
             rss_full = rss_kib(agent.pid)
+            cpu_full = cpu_share(agent.pid, args.idle_seconds)
 
             calls_before = sts_calls(base)
             with process(sidecar_argv, stderr=log_file) as sidecar:
                 wait_status(sidecar_url, auth.read_text(), "the sidecar")
                 sidecar_fill_calls = sts_calls(base) - calls_before
                 rss_sidecar = rss_kib(sidecar.pid)
+                cpu_sidecar = cpu_share(sidecar.pid, args.idle_seconds)
 
                 # Phase 3: cache hits, alternating so drift hits both alike.
                 calls_before = sts_calls(base)
@@ -356,6 +376,11 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
             "sidecar_after_load": rss_after[1],
         },
         "kib_per_identity": round(per_identity, 2),
+        "idle_cpu_share": {
+            "agent_no_identity": round(cpu_idle, 4),
+            "agent_all_identities": round(cpu_full, 4),
+            "sidecar": round(cpu_sidecar, 4),
+        },
         "load": {
             "connections": args.connections,
             "seconds": args.seconds,
@@ -408,6 +433,11 @@ def print_table(
         f"{rss['sidecar_after_load'] / mib:.1f} | |"
     )
     print(f"| RSS per identity, KiB | {f['kib_per_identity']:.1f} | | |")
+    cpu = f["idle_cpu_share"]
+    print(
+        f"| CPU at rest, % of a core | {100 * cpu['agent_all_identities']:.1f} (no identity "
+        f"{100 * cpu['agent_no_identity']:.1f}) | {100 * cpu['sidecar']:.1f} | |"
+    )
     print(
         f"| cache hits/s (median) | {median(agent_runs, 'rps'):.0f} | "
         f"{median(sidecar_runs, 'rps'):.0f} | {f['ratios']['rps']:.2f} |"
