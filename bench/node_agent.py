@@ -354,7 +354,7 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
         if bad := sum(r.non_2xx + r.errors for r in runs):
             problems.append(f"cache hits: {bad} {name} requests failed")
     if any(word in agent_log for word in ("Traceback", "ERROR")):
-        problems.append("the log has errors:\n" + agent_log[-2000:])
+        problems.append("the agent or the sidecar logged errors:\n" + agent_log[-2000:])
 
     def median(runs: list[Load], field: str) -> float:
         return float(statistics.median(getattr(r, field) for r in runs))
