@@ -32,6 +32,7 @@ import asyncio
 import json
 import os
 import re
+import select
 import shutil
 import statistics
 import subprocess
@@ -256,6 +257,9 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
     with process([sys.executable, "-c", CLUSTER, str(tmp), str(cluster_port)]) as cluster:
         assert cluster.stdout is not None
         started = time.monotonic()
+        # Minting is ~1 ms a token: a cluster silent for longer than this is stuck.
+        if not select.select([cluster.stdout], [], [], 60 + n / 100)[0]:
+            raise RuntimeError("the simulated cluster did not start in time")
         ready = cluster.stdout.readline()
         if not ready:
             raise RuntimeError("the simulated cluster did not start")
