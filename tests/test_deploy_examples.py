@@ -46,9 +46,7 @@ COMMAND_FLAGS = {
     "link-local": {"--address", "--interface", "--help"},
     "dev-pod-token": {"--issuer", "--namespace", "--service-account", "--ttl", "--help"},
 }
-ENVS = {e for s in SETTINGS for e in s.envs if e.startswith("SIDECAR_")} | {
-    s.env for s in NODE_SETTINGS
-}
+ENVS = {e for s in (*SETTINGS, *NODE_SETTINGS) for e in s.envs if e.startswith("SIDECAR_")}
 EXAMPLES = sorted(p for p in DEPLOY.rglob("*") if p.is_file())
 
 
@@ -326,7 +324,7 @@ def _flag_values(args: list[str]) -> dict[str, list[str]]:
     i = 0
     while i < len(args):
         flag, _, value = args[i].partition("=")
-        switch = flag in {s.flag for s in NODE_SETTINGS if s.switch}
+        switch = flag in {s.flag for s in NODE_SETTINGS if s.is_switch}
         if not value and not switch:
             i += 1
             value = args[i]

@@ -52,7 +52,7 @@ def test_every_node_agent_flag_is_documented() -> None:
     for setting in NODE_SETTINGS:
         row = next((r for r in rows if r.startswith(f"| `{setting.flag}`")), None)
         assert row is not None, setting.flag
-        assert setting.env in row, setting.env
+        assert setting.envs[0] in row, setting.envs[0]
         if setting.default is not None:
             assert f"`{setting.default}`" in row, (setting.flag, setting.default)
 
