@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import random
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ from sidecar.cache.refresher import Refresher
 from sidecar.config.model import RoleConfig
 from sidecar.config.node_agent import NodeAgentConfig
 from sidecar.core.clock import Clock, SystemClock
+from sidecar.core.collector import compact_periodically
 from sidecar.core.errors import ListenError
 from sidecar.core.metrics import Metrics
 from sidecar.exchange.rate_cap import StsRateCap
@@ -128,6 +130,8 @@ async def running_node_agent(
             StsClient(config.sts, config.refresh.attempt_timeout, metrics, clock, rate_cap)
         )
 
+        jitter = random.Random()  # noqa: S311 - jitter, not cryptography
+
         def build(role: RoleConfig, source: PresentedTokenSource, namespace: str) -> Refresher:
             return build_refresher(
                 role,
@@ -140,6 +144,7 @@ async def running_node_agent(
                 name=role.name,
                 label=role.role_arn.rsplit("/", 1)[-1],
                 rate_wait=RATE_CAP_WAIT,
+                rng=jitter,
             )
 
         def evicted(key: IdentityKey, entry: Entry, reason: str) -> None:
@@ -160,6 +165,7 @@ async def running_node_agent(
             associations_hint=str(config.associations),
         )
         await _background(stack, associations.watch(clock), "associations-watch")
+        await _background(stack, compact_periodically(clock), "gc-compaction")
 
         refusals = LogThrottle(monotonic=clock.monotonic)
         limiter = FailureLimiter(FAILED_REQUEST_RATE, FAILED_REQUEST_BURST, clock.monotonic)

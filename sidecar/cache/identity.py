@@ -3,6 +3,8 @@ its token, under a time budget that covers the token fetch and every hop."""
 
 from __future__ import annotations
 
+import random
+
 from sidecar.cache.refresher import Refresher
 from sidecar.config.model import RefreshPolicy, RoleConfig
 from sidecar.core.clock import Clock
@@ -23,9 +25,11 @@ def build_refresher(
     name: str | None = None,
     label: str | None = None,
     rate_wait: float = 0.0,
+    rng: random.Random | None = None,
 ) -> Refresher:
     """A refresher for ``role`` fed by ``tokens``; ``rate_wait``: the longest the STS rate
-    cap may delay one exchange, added to its budget."""
+    cap may delay one exchange, added to its budget; ``rng``: the jitter source, shared by
+    a pool's refreshers (a ``random.Random`` is 2.5 KiB, an identity's largest part)."""
     budget = policy.attempt_timeout * len(role.hops) + token_fetch_time + rate_wait
     return Refresher(
         name or role.name,
@@ -35,6 +39,7 @@ def build_refresher(
         policy,
         clock,
         metrics,
+        rng=rng,
         exchange_timeout=budget,
         clock_skew=lambda: sts.clock_skew,
         label=label,
