@@ -540,7 +540,8 @@ def node_agent_instructions(agent: RunningAgent, cluster: DevCluster) -> str:
             f"  {mint} > /tmp/pod-token",
             f"  AWS_CONTAINER_CREDENTIALS_FULL_URI={url} \\",
             "  AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=/tmp/pod-token \\",
-            f"  AWS_ENDPOINT_URL_STS={cluster.sts_url} AWS_REGION={DEV_REGION} \\",
+            f"  AWS_ENDPOINT_URL_STS={cluster.sts_url} AWS_REGION={DEV_REGION} "
+            f"AWS_DEFAULT_REGION={DEV_REGION} \\",
             "  aws sts get-caller-identity",
             "",
             "and of builds/ci: --namespace builds --service-account ci (another role).",
