@@ -165,7 +165,17 @@ async def running_node_agent(
             associations_hint=str(config.associations),
         )
         await _background(stack, associations.watch(clock), "associations-watch")
-        await _background(stack, compact_periodically(clock), "gc-compaction")
+        frozen_at = [0]
+
+        def grown() -> bool:
+            """Twice the identities of the last compaction, and 500 more: a storm settled."""
+            size = len(pool)
+            if size >= 2 * frozen_at[0] and size - frozen_at[0] >= 500:
+                frozen_at[0] = size
+                return True
+            return False
+
+        await _background(stack, compact_periodically(clock, grown=grown), "gc-compaction")
 
         refusals = LogThrottle(monotonic=clock.monotonic)
         limiter = FailureLimiter(FAILED_REQUEST_RATE, FAILED_REQUEST_BURST, clock.monotonic)

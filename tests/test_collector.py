@@ -40,3 +40,28 @@ async def test_compaction_freezes_survivors_and_frees_cycles_each_interval() -> 
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert gc.get_freeze_count() == 0
+
+
+async def test_compaction_comes_early_when_told_the_process_grew() -> None:
+    """``grown`` answering yes (a storm of new identities) compacts within the growth check,
+    long before the interval."""
+    clock = FakeClock()
+    asked = 0
+
+    def grown() -> bool:
+        nonlocal asked
+        asked += 1
+        return asked == 3
+
+    task = asyncio.create_task(compact_periodically(clock, interval=3600, grown=grown))
+    try:
+        await settle()
+        before = gc.get_freeze_count()
+        keep = [Node() for _ in range(1000)]
+        await clock.advance(30)
+        await settle()
+        assert gc.get_freeze_count() > before  # compacted again at the third look, not in 1 h
+        assert keep
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

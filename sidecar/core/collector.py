@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from collections.abc import Callable
 
 from sidecar.core.clock import Clock
 
@@ -21,6 +22,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds between full collections of the frozen, long-lived objects.
 COMPACT_INTERVAL = 300.0
+#: How often ``grown`` is asked whether to compact early (after a pod-start storm).
+GROWTH_CHECK = 10.0
 
 
 def compact() -> float:
@@ -32,8 +35,13 @@ def compact() -> float:
     return time.perf_counter() - started
 
 
-async def compact_periodically(clock: Clock, interval: float = COMPACT_INTERVAL) -> None:
-    """Run ``compact`` now and every ``interval`` seconds until cancelled."""
+async def compact_periodically(
+    clock: Clock,
+    interval: float = COMPACT_INTERVAL,
+    grown: Callable[[], bool] = lambda: False,
+) -> None:
+    """Run ``compact`` now and every ``interval`` seconds until cancelled; sooner when
+    ``grown()`` says many long-lived objects arrived since (it is asked every few seconds)."""
     try:
         while True:
             took = compact()
@@ -43,6 +51,8 @@ async def compact_periodically(clock: Clock, interval: float = COMPACT_INTERVAL)
                 took,
                 extra={"event": "gc_compacted", "frozen": gc.get_freeze_count()},
             )
-            await clock.sleep(interval)
+            due = clock.monotonic() + interval
+            while (left := due - clock.monotonic()) > 0 and not grown():
+                await clock.sleep(min(left, GROWTH_CHECK))
     finally:
         gc.unfreeze()  # whoever runs next in this process starts from normal collection
