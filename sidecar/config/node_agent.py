@@ -131,12 +131,13 @@ def load_node_agent_config(
         return raw[name][1]
 
     listen = []
-    for item in filter(None, value("listen").split(",")):
+    items = [item for item in value("listen").split(",") if item]
+    for item in items:
         try:
             listen.append(parse_listen(item.strip()))
         except ValueError as exc:
             check.add(f"{where('listen')}={shown(item)} is not HOST:PORT ({exc})")
-    if not listen:
+    if not items:  # a bad one is reported above, once
         check.add("--listen: give at least one HOST:PORT")
     issuer = value("issuer").rstrip("/")
     parts = urlsplit(issuer) if issuer else None
