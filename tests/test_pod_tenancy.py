@@ -4,6 +4,7 @@ its identity taken from (or added to) the pool; refusals never reach the cache o
 from __future__ import annotations
 
 import json
+import logging
 import random
 import tomllib
 from collections.abc import AsyncIterator
@@ -330,3 +331,20 @@ async def test_evicted_identities_leave_the_metrics_and_come_back() -> None:
     await node.pool.close()
     assert node.sample("identities", namespace="payments") == 0
     assert node.sample("identities", namespace="builds") == 0
+
+
+async def test_an_eviction_is_logged_with_its_subject_and_reason(
+    node: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Dropping an identity logs one readable line with the subject and the reason as
+    fields (the line must format: a broken one is lost to a logging error)."""
+    await node.tenancy.grant(None, node.token("payments", "api"))
+    await settle()
+    node.current = associations("")
+    with caplog.at_level(logging.INFO, logger="sidecar.tenancy.pods"):
+        assert node.tenancy.prune() == 1
+    [record] = [r for r in caplog.records if getattr(r, "event", "") == "identity_evicted"]
+    assert record.subject == "system:serviceaccount:payments:api"  # type: ignore[attr-defined]
+    assert record.reason == "association"  # type: ignore[attr-defined]
+    assert "system:serviceaccount:payments:api" in record.getMessage()
+    assert "association" in record.getMessage()
