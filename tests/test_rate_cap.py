@@ -142,3 +142,46 @@ def test_a_cap_that_would_never_pass_is_refused() -> None:
         StsRateCap(0, 1, clock, metrics)
     with pytest.raises(ValueError, match="burst"):
         StsRateCap(1, 0, clock, metrics)
+
+
+async def test_a_caller_cancelled_as_its_turn_comes_passes_the_turn_on() -> None:
+    """A caller cancelled in the same instant its turn came (its exchange timed out just
+    then) makes no call: its turn goes to the next caller, not to waste."""
+    c = Callers(rate=1, burst=1)
+    c.start("first", "a", "b")
+    await settle()
+
+    async def time_out_a() -> None:
+        await c.clock.sleep(1)
+        c.tasks["a"].cancel()
+
+    timer = asyncio.create_task(time_out_a())
+    await settle()
+    await c.clock.suspend(1)  # the turn and the timeout fall due together
+    assert c.tasks["a"].cancelled()
+    assert c.names() == ["first", "b"]
+    assert c.passed[-1][1] == pytest.approx(1.0)
+    await timer
+    await c.close()
+
+
+async def test_a_turn_nobody_waits_for_goes_back_to_the_bucket() -> None:
+    """When the caller cancelled at its turn was the last one waiting, the token returns:
+    the next caller passes at once."""
+    c = Callers(rate=1, burst=1)
+    c.start("first", "a")
+    await settle()
+
+    async def time_out_a() -> None:
+        await c.clock.sleep(1)
+        c.tasks["a"].cancel()
+
+    timer = asyncio.create_task(time_out_a())
+    await settle()
+    await c.clock.suspend(1)
+    await timer
+    c.start("c")
+    await settle()
+    assert c.names() == ["first", "c"]
+    assert c.passed[-1][1] == pytest.approx(1.0)
+    await c.close()
