@@ -348,3 +348,20 @@ async def test_an_eviction_is_logged_with_its_subject_and_reason(
     assert record.reason == "association"  # type: ignore[attr-defined]
     assert "system:serviceaccount:payments:api" in record.getMessage()
     assert "association" in record.getMessage()
+
+
+async def test_an_identity_whose_token_expired_recovers_on_the_next_pod_token(
+    node: Node,
+) -> None:
+    """When the only token seen has expired by the identity's refresh, the refresh fails
+    (no STS call with an expired token); the next pod request's token is used within
+    seconds, not after the backoff."""
+    grant = await node.tenancy.grant(None, node.token(ttl=600))
+    await settle()
+    assert len(node.sts.tokens) == 1
+    await node.clock.advance(40 * 60)  # the refresh (about 25 min in) found it expired
+    assert len(node.sts.tokens) == 1 and grant.refresher.consecutive_failures > 0
+    fresh = node.token(ttl=3600)
+    await node.tenancy.grant(None, fresh)
+    await node.clock.advance(5)
+    assert node.sts.tokens[1:] == [fresh]
