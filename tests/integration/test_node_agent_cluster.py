@@ -160,6 +160,8 @@ def agent(cluster: EmulatorThread, tmp_path_factory: pytest.TempPathFactory) -> 
     args = agent_args(cluster, path, "--sts-rate", "1000", "--sts-burst", "1000")
     with node_agent([*args, "--request-wait", "20s"]) as process:
         yield process
+        code, _ = process.stop()
+        assert code == 0, process.output  # SIGTERM after all that: a clean exit
 
 
 @pytest.fixture
