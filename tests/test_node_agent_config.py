@@ -179,3 +179,14 @@ def test_an_empty_listen_list_is_refused() -> None:
 def test_the_idle_timeout_has_a_floor() -> None:
     """An idle timeout under a second would drop identities between a pod's requests."""
     assert "must be between 1s and" in problems({"identity_idle_timeout": "100ms"})[0]
+
+
+@pytest.mark.parametrize(
+    "audience", ["", "  ", "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"]
+)
+def test_an_empty_audience_or_a_token_as_audience_is_refused(audience: str) -> None:
+    """--audience "" would refuse every pod's token; a token pasted there would sit in the
+    configuration: both are configuration errors (the value never shown)."""
+    found = problems({"audience": audience})
+    assert len(found) == 1 and found[0].startswith("--audience: give the audience")
+    assert "eyJ" not in found[0]
