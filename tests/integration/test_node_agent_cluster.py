@@ -429,6 +429,38 @@ async def test_the_associations_file_changes_without_a_restart(
         assert (await role(kept))[0] == 200
 
 
+async def test_ready_only_once_the_issuer_keys_are_loaded(
+    cluster: EmulatorThread, tmp_path: Path, pods: aiohttp.ClientSession
+) -> None:
+    """An agent whose --jwks-file is not there yet still starts: /readyz says 503 (keys
+    not loaded) and pods get a 503 to retry, with no STS call; once the file appears
+    (`kubectl get --raw /openid/v1/jwks` written by the DaemonSet's init step) the agent
+    becomes ready within its poll interval and serves pods."""
+    path = tmp_path / "associations.toml"
+    path.write_text(associations_toml([("keys", "app")]))
+    jwks = tmp_path / "jwks.json"
+    args = agent_args(cluster, path, "--jwks-file", str(jwks))
+    with node_agent(args) as agent:
+        before = sts_calls(cluster)
+        async with pods.get(agent.base + "/readyz") as response:
+            assert response.status == 503
+            assert (await response.json())["issuer_keys_loaded"] is False
+        token = pod_token(cluster.issuer, "keys", "app")
+        async with pods.get(agent.url, headers={"Authorization": token}) as response:
+            assert response.status == 503 and response.headers["Retry-After"] == "1"
+            assert (await response.json())["code"] == "IssuerKeysUnavailable"
+        assert sts_calls(cluster) == before
+        write_atomically(jwks, json.dumps(cluster.issuer.jwks()))
+        for _ in range(60):  # up to 15 s: the 10 s poll interval, and some
+            async with pods.get(agent.base + "/readyz") as response:
+                if response.status == 200:
+                    break
+            await asyncio.sleep(0.25)
+        assert response.status == 200
+        status, body = await ask(pods, agent.url, token)
+        assert (status, body["RoleArn"]) == (200, role_of("keys", "app"))
+
+
 # -- pods in network namespaces --------------------------------------------------------
 
 AGENT_V4, AGENT_V6 = "169.254.170.23", "fd00:ec2::23"
