@@ -29,6 +29,7 @@ import aiohttp
 import jwt
 import pytest
 
+from sidecar.cli import EXIT_LISTEN
 from sidecar.devmode.issuer import OidcIssuer
 from tests import netns
 from tests.peers import DaemonProcess, EmulatorThread, clean_aws_env
@@ -461,6 +462,29 @@ async def test_ready_only_once_the_issuer_keys_are_loaded(
         assert response.status == 200
         status, body = await ask(pods, agent.url, token)
         assert (status, body["RoleArn"]) == (200, role_of("keys", "app"))
+
+
+def test_an_ipv6_address_that_cannot_be_bound_is_a_warning(
+    cluster: EmulatorThread, tmp_path: Path
+) -> None:
+    """A node without fd00:ec2::23 (no IPv6) still serves on its other addresses, with a
+    warning, instead of crash-looping (eks-pod-identity-agent#16); with no address at all
+    it exits with the listen error's code."""
+    path = tmp_path / "associations.toml"
+    path.write_text(associations_toml([("team", "app")]))
+    args = agent_args(cluster, path, "--listen", "[fd00:ec2::23]:0")
+    with node_agent(args) as agent:
+        assert len(agent.started["urls"]) == 1
+        skipped = agent.events("listen_skipped")
+        assert len(skipped) == 1 and skipped[0]["level"] == "warning"
+        assert "fd00:ec2::23" in skipped[0]["msg"]
+    only_ipv6 = [a if a != "127.0.0.1:0" else "[fd00:ec2::23]:0" for a in args]
+    lonely = NodeAgent(only_ipv6).start(wait_for=None)
+    try:
+        assert lonely.wait(20) == EXIT_LISTEN
+        assert "could not listen on any --listen address" in lonely.output
+    finally:
+        lonely.kill()
 
 
 # -- pods in network namespaces --------------------------------------------------------
