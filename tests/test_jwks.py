@@ -397,6 +397,22 @@ async def test_jwks_file_change_is_picked_up_by_the_poll(tmp_path: Path) -> None
         await until(lambda: keys.kids == (second.kid,))
 
 
+async def test_a_jwks_file_missing_at_start_is_read_on_the_next_poll(tmp_path: Path) -> None:
+    """A file written after the agent started (by an init step, or late) is read on the
+    next poll, not only after the issuer re-fetch rate limit: readiness waits one poll."""
+    signer = OidcIssuer("https://k8s")
+    path = tmp_path / "jwks.json"
+    clock = FakeClock()
+    keys = JwksFileKeys(path, clock, poll_interval=10, min_refetch_interval=30)
+    with pytest.raises(KeySourceError, match="does not exist"):
+        await keys.load()
+    async with running(keys):
+        write(path, json.dumps(signer.jwks()))
+        await clock.advance(10)
+        await until(lambda: keys.ready)
+        assert keys.kids == (signer.kid,)
+
+
 async def test_jwks_file_change_is_picked_up_on_an_unknown_kid(tmp_path: Path) -> None:
     """An unknown kid re-reads a changed file, at most once per min_refetch_interval."""
     first, second = OidcIssuer("https://k8s"), OidcIssuer("https://k8s")

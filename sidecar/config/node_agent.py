@@ -19,6 +19,7 @@ from sidecar.config.settings import (
     parse_listen,
 )
 from sidecar.core.errors import ConfigError
+from sidecar.core.secret import holds_token
 from sidecar.sources.base import DEFAULT_AUDIENCE
 
 #: The addresses every current SDK accepts over plain http, as the EKS agent uses them.
@@ -125,12 +126,13 @@ def load_node_agent_config(
         return raw[name][1]
 
     listen = []
-    for item in filter(None, value("listen").split(",")):
+    items = [item for item in value("listen").split(",") if item]
+    for item in items:
         try:
             listen.append(parse_listen(item.strip()))
         except ValueError as exc:
             check.add(f"{where('listen')}={shown(item)} is not HOST:PORT ({exc})")
-    if not listen:
+    if not items:  # a bad one is reported above, once
         check.add("--listen: give at least one HOST:PORT")
     issuer = value("issuer").rstrip("/")
     parts = urlsplit(issuer) if issuer else None
@@ -141,6 +143,13 @@ def load_node_agent_config(
         )
     elif parts is None or parts.scheme not in ("https", "http") or not parts.hostname:
         check.add(f"{where('issuer')}={shown(issuer)} is not a URL: expected https://host/path")
+    audience = value("audience").strip()
+    if not audience or holds_token(audience):
+        # Every token would be refused for its audience (or a token would sit in the config).
+        check.add(
+            f"{where('audience')}: give the audience pod tokens are issued for (the projected "
+            "token volume's audience, usually sts.amazonaws.com)"
+        )
     jwks_file = Path(value("jwks_file")) if value("jwks_file") else None
     associations = Path(value("associations")) if value("associations") else None
     if associations is None:
@@ -184,7 +193,7 @@ def load_node_agent_config(
         listen=tuple(listen),
         issuer=issuer,
         jwks_file=jwks_file,
-        audience=value("audience"),
+        audience=audience,
         associations=associations,
         sts=StsConfig(region, endpoint, regional),
         sts_rate=number("sts_rate", 0.1, 10_000),

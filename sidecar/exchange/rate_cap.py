@@ -53,10 +53,24 @@ class StsRateCap:
         self._schedule()
         try:
             await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                # Cancelled in the instant its turn came: it makes no call, so the turn
+                # is the next caller's.
+                self._pass_turn()
+            raise
         finally:
             if not turn.done():
                 turn.cancel()
             self._metrics.sts_rate_limit_wait.observe(self._clock.monotonic() - started)
+
+    def _pass_turn(self) -> None:
+        while self._queue:
+            turn = self._queue.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self._tokens = min(float(self.burst), self._tokens + 1)
 
     def _schedule(self) -> None:
         if self._wakeup is None or self._wakeup.done():

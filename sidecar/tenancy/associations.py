@@ -112,8 +112,10 @@ def _association(table: Any, where: str, audience: str, check: Checker) -> Assoc
                 f"{where}: {key} = {shown(value)} must be a Kubernetes name (lower-case "
                 "letters, digits, '-' and '.')"
             )
-            return None
+            continue  # check the other name too: every problem at once
         names.append(value)
+    if len(names) != 2:
+        return None
     namespace, service_account = names
     where = f"{where} ({namespace}/{service_account})"
     hops = role_hops(table, where, check)

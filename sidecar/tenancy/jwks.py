@@ -258,10 +258,13 @@ class _CachedKeys:
         log.error("%s (%s)", exc, kept)
 
     async def run(self) -> None:
-        """Refresh every ``refresh_interval`` (every ``min_refetch_interval`` while nothing is
-        loaded) until cancelled."""
+        """Refresh every ``refresh_interval`` (while nothing is loaded, every
+        ``min_refetch_interval``, or sooner if refreshes are more frequent: a JWKS file's
+        poll) until cancelled."""
         while True:
-            wait = self._refresh_interval if self._ready else self._min_refetch_interval
+            wait = self._refresh_interval
+            if not self._ready:
+                wait = min(self._refresh_interval, self._min_refetch_interval)
             await self._clock.sleep(wait)
             try:
                 await self.load()

@@ -74,6 +74,7 @@ class PodTenancy:
             log.info(
                 "dropped identity %s (%s)",
                 key[1],
+                reason,
                 extra={"event": "identity_evicted", "subject": key[1], "reason": reason},
             )
 
