@@ -221,7 +221,7 @@ def test_chain_problems() -> None:
     text = "\n".join(found)
     assert len(found) == 3, text
     assert "(a/both): give either role_arn or hops, not both" in text
-    assert "(a/empty): hops must be a non-empty array of tables" in text
+    assert "(a/empty).hops must be a non-empty array of tables" in text
     assert "(a/first).hops[0].external_id: AssumeRoleWithWebIdentity does not accept" in text
 
 

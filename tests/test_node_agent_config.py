@@ -103,7 +103,7 @@ def test_every_setting_has_its_variable() -> None:
     names = {s.name for s in NODE_SETTINGS}
     assert {"issuer", "associations", "sts_rate", "identity_idle_timeout"} <= names
     for setting in NODE_SETTINGS:
-        assert setting.env == "SIDECAR_NODE_" + setting.name.upper()
+        assert setting.envs == ("SIDECAR_NODE_" + setting.name.upper(),)
         assert setting.flag == "--" + setting.name.replace("_", "-")
     config = load_node_agent_config(
         {},
