@@ -247,19 +247,32 @@ class Checker:
     def github_url(self, url: str) -> None:
         """https:// only (the request token is a bearer secret), except on loopback."""
         where = "ACTIONS_ID_TOKEN_REQUEST_URL"
-        try:
-            parts = urlsplit(url)
-            host = parts.hostname or ""
-        except ValueError:
-            parts, host = None, ""
-        if parts is None or parts.scheme not in ("https", "http") or not host:
-            self.add(f"{where}={shown(url)} is not a URL: expected https://host/path")
-        elif parts.scheme == "http" and not is_loopback_host(host):
-            self.add(
-                f"{where}={shown(url)} is plain http:// to {host}: the bearer request token "
-                "would cross the network in clear. Use https:// (http:// is only accepted "
-                "for loopback hosts: 127.0.0.0/8, ::1, localhost)"
-            )
+        problem = cleartext_url_problem(
+            url,
+            f"{where}={shown(url)}",
+            "the bearer request token would cross the network in clear",
+        )
+        if problem:
+            self.add(problem)
+
+
+def cleartext_url_problem(url: str, named: str, risk: str) -> str | None:
+    """Why ``url`` may not be used, or None: it must be https://, or http:// to a loopback
+    host (127.0.0.0/8, ::1, localhost). ``named`` introduces the URL in the message and
+    ``risk`` says what plain http would expose."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        parts, host = None, ""
+    if parts is None or parts.scheme not in ("https", "http") or not host:
+        return f"{named} is not a URL: expected https://host/path"
+    if parts.scheme == "http" and not is_loopback_host(host):
+        return (
+            f"{named} is plain http:// to {host}: {risk}. Use https:// (http:// is only "
+            "accepted for loopback hosts: 127.0.0.0/8, ::1, localhost)"
+        )
+    return None
 
 
 def check_accounts_of(role: RoleConfig, check: Checker) -> None:

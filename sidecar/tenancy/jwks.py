@@ -29,14 +29,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import aiohttp
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
-from sidecar.config.checks import is_loopback_host
+from sidecar.config.checks import cleartext_url_problem
 from sidecar.core.bounded_http import read_capped
 from sidecar.core.clock import Clock
 from sidecar.core.errors import SidecarError
@@ -95,19 +94,13 @@ class KeySource(Protocol):
 
 def check_issuer_url(url: str, what: str) -> None:
     """https:// only, except on loopback: keys fetched in clear could be replaced in transit."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-    except ValueError:
-        parts, host = None, ""
-    if parts is None or parts.scheme not in ("https", "http") or not host:
-        raise KeySourceError(f"{what} {url!r} is not a URL: expected https://host/path")
-    if parts.scheme == "http" and not is_loopback_host(host):
-        raise KeySourceError(
-            f"{what} {url} is plain http:// to {host}: anyone on the path could replace the "
-            "issuer's keys and forge pod tokens. Use https:// (http:// is only accepted for "
-            "loopback hosts: 127.0.0.0/8, ::1, localhost), or --jwks-file"
-        )
+    problem = cleartext_url_problem(
+        url,
+        f"{what} {url}",
+        "anyone on the path could replace the issuer's keys and forge pod tokens",
+    )
+    if problem:
+        raise KeySourceError(f"{problem}; or use --jwks-file")
 
 
 def _brief(value: object) -> str:
