@@ -25,6 +25,7 @@ from sidecar.config.settings import (
     Value,
     as_text,
     is_template,
+    parse_listen,
     parse_seconds,
 )
 from sidecar.core.errors import ExportError
@@ -85,6 +86,21 @@ class Checker:
                 "expected arn:aws:iam::<12-digit account>:role/<name>"
             )
         return value
+
+    def listen(
+        self, raw: Raw, name: str, examples: str, required: bool = False
+    ) -> tuple[str | None, int]:
+        """The HOST:PORT setting ``name`` as (host, port); (None, 0) if unset or invalid."""
+        text = as_text(raw[name][0])
+        if not text and not required:
+            return None, 0
+        try:
+            return parse_listen(text)
+        except ValueError as exc:
+            self.add(
+                f"{raw[name][1]}={shown(text)} is not a listen address ({exc}): use {examples}"
+            )
+            return None, 0
 
     def seconds(self, value: Value, where: str, low: float, high: float) -> float:
         """A duration: a number of seconds (a config file's number taken as it is), or text

@@ -39,7 +39,6 @@ from sidecar.config.settings import (
     as_text,
     default_session_name,
     is_local_address,
-    parse_listen,
     resolve_raw,
     split_list,
     truthy,
@@ -124,14 +123,9 @@ def load_config(
             "must be regional or legacy"
         )
 
-    host, port = "127.0.0.1", 0
-    try:
-        host, port = parse_listen(value("listen"))
-    except ValueError as exc:
-        check.add(
-            f"{raw['listen'][1]}={shown(value('listen'))} is not a listen address ({exc}): "
-            "use 127.0.0.1:9911, [::1]:9911 or 169.254.170.23:80"
-        )
+    examples = "127.0.0.1:9911, [::1]:9911 or 169.254.170.23:80"
+    host, port = check.listen(raw, "listen", examples, required=True)
+    host = host or "127.0.0.1"
 
     auth_text = as_text(raw["auth_token_file"][0])
     if auth_text and holds_token(auth_text):
@@ -208,16 +202,9 @@ def load_config(
         roles = (flag_role(raw, environ, check),)
         default_role = "default"
 
-    imds_host, imds_port = None, 0
     imds_role = as_text(raw["imds_role"][0]) or default_role
+    imds_host, imds_port = check.listen(raw, "imds_listen", "127.0.0.1:8077 or 169.254.170.23:80")
     if as_text(raw["imds_listen"][0]):
-        try:
-            imds_host, imds_port = parse_listen(as_text(raw["imds_listen"][0]))
-        except ValueError as exc:
-            check.add(
-                f"{raw['imds_listen'][1]}={shown(raw['imds_listen'][0])} is not a listen "
-                f"address ({exc}): use 127.0.0.1:8077 or 169.254.170.23:80"
-            )
         if imds_role is None:
             check.add("--imds-listen needs --imds-role NAME: there is no default role")
         elif imds_role not in {r.name for r in roles}:
@@ -226,17 +213,13 @@ def load_config(
                 f"({', '.join(r.name for r in roles)})"
             )
 
-    relative_host, relative_port = None, 0
     relative_dir = as_text(raw["relative_id_dir"][0])
+    relative_host, relative_port = check.listen(
+        raw,
+        "relative_listen",
+        "169.254.170.2:80 (after `credential-sidecar link-local up`) or 127.0.0.1:9912",
+    )
     if as_text(raw["relative_listen"][0]):
-        try:
-            relative_host, relative_port = parse_listen(as_text(raw["relative_listen"][0]))
-        except ValueError as exc:
-            check.add(
-                f"{raw['relative_listen'][1]}={shown(raw['relative_listen'][0])} is not a "
-                f"listen address ({exc}): use 169.254.170.2:80 (after `credential-sidecar "
-                "link-local up`) or 127.0.0.1:9912"
-            )
         if not relative_dir:
             check.add(
                 "--relative-listen needs --relative-id-dir DIR: the directory keeping each "
