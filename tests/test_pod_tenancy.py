@@ -59,6 +59,9 @@ class Keys:
     async def key_for(self, kid: str | None) -> VerificationKey | None:
         return self.keys.get(kid)
 
+    def known(self, kid: str | None) -> VerificationKey | None:
+        return self.keys.get(kid)
+
 
 class Sts:
     """An exchanger that reads the presented token (as the real chain does) and records

@@ -49,6 +49,9 @@ class StaticKeys:
         self.lookups += 1
         return self.keys.get(kid)
 
+    def known(self, kid: str | None) -> VerificationKey | None:
+        return self.keys.get(kid)  # a dictionary read, not a lookup that may fetch
+
 
 def setup(**kwargs: Any) -> tuple[PodTokenVerifier, StaticKeys, FakeClock]:
     clock = FakeClock()
@@ -396,3 +399,18 @@ async def test_cache_is_bounded_least_recently_used() -> None:
     assert keys.lookups == 3
     await verifier.verify(b)
     assert keys.lookups == 4
+
+
+async def test_rotating_a_key_out_revokes_tokens_it_verified() -> None:
+    """A cached token stops working once the key that verified it is no longer the issuer's
+    (a leaked key rotated out), though its exp is far away; it is then refused."""
+    verifier, keys, clock = setup()
+    token = mint(clock, ttl=86400)
+    await verifier.verify(token)
+    await verifier.verify(token)  # a cache hit
+    keys.keys.clear()
+    rotated = OidcIssuer(URL)
+    keys.keys.update(parse_jwks(json.dumps(rotated.jwks()).encode(), "test", "fix it"))
+    with pytest.raises(PodTokenError) as refused:
+        await verifier.verify(token)
+    assert refused.value.reason == "unknown_key"

@@ -91,6 +91,10 @@ class KeySource(Protocol):
         """The key with this ``kid``, re-fetching (rate-limited) if it is unknown."""
         ...
 
+    def known(self, kid: str | None) -> VerificationKey | None:
+        """The key with this ``kid`` among those loaded now (never fetches)."""
+        ...
+
 
 def check_issuer_url(url: str, what: str) -> None:
     """https:// only, except on loopback: keys fetched in clear could be replaced in transit."""
@@ -223,6 +227,9 @@ class _CachedKeys:
             self._keys = keys
         self._ready = True
         self._last_reported = None
+
+    def known(self, kid: str | None) -> VerificationKey | None:
+        return self._lookup(kid)
 
     def _lookup(self, kid: str | None) -> VerificationKey | None:
         if kid is None:  # no kid: only unambiguous with a single key

@@ -30,7 +30,12 @@ from sidecar.core.clock import Clock
 from sidecar.core.errors import Refusal
 from sidecar.core.safe_read import size_text
 from sidecar.core.secret import Secret
-from sidecar.tenancy.jwks import ALLOWED_ALGORITHMS, KeySource
+from sidecar.tenancy.jwks import (
+    ALLOWED_ALGORITHMS,
+    MIN_REFETCH_INTERVAL,
+    KeySource,
+    VerificationKey,
+)
 
 #: A projected token is about 1 KB; the bound is checked before any parsing.
 MAX_TOKEN_BYTES = 16 * 1024
@@ -158,8 +163,10 @@ class PodTokenVerifier:
         self._clock = clock
         self._leeway = leeway
         self._cache_size = cache_size
-        #: sha256(token) -> (identity, wall-clock deadline in epoch seconds)
-        self._cache: OrderedDict[bytes, tuple[PodIdentity, float]] = OrderedDict()
+        #: sha256(token) -> (identity, wall-clock deadline in epoch seconds, kid, verifying key)
+        self._cache: OrderedDict[bytes, tuple[PodIdentity, float, str | None, VerificationKey]] = (
+            OrderedDict()
+        )
 
     def __repr__(self) -> str:
         return f"PodTokenVerifier(issuer={self.issuer!r}, audience={self.audience!r})"
@@ -193,18 +200,22 @@ class PodTokenVerifier:
         digest = hashlib.sha256(token.encode()).digest()
         now = self._clock.now().timestamp()
         if (hit := self._cache.get(digest)) is not None:
-            identity, deadline = hit
-            if now < deadline:
+            identity, deadline, kid, key = hit
+            # Valid while unexpired and while the key that verified it is still the issuer's:
+            # rotating a leaked key cuts off tokens verified with it before.
+            if now < deadline and self._keys.known(kid) is key:
                 self._cache.move_to_end(digest)
                 return identity
-            del self._cache[digest]  # expired: checked again below, and refused
-        identity, deadline = await self._check(token, now)
-        self._cache[digest] = (identity, deadline)
+            del self._cache[digest]  # checked again below (and refused if it must be)
+        identity, deadline, kid, key = await self._check(token, now)
+        self._cache[digest] = (identity, deadline, kid, key)
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return identity
 
-    async def _check(self, token: str, now: float) -> tuple[PodIdentity, float]:
+    async def _check(
+        self, token: str, now: float
+    ) -> tuple[PodIdentity, float, str | None, VerificationKey]:
         header_part, payload_part, _ = token.split(".")
         try:
             header, unverified = _b64json(header_part), _b64json(payload_part)
@@ -236,7 +247,8 @@ class PodTokenVerifier:
             raise PodTokenError(
                 "unknown_key",
                 f"the token names {_kid_text(kid)}, which is not among the keys of "
-                f"{self.issuer}, even after re-fetching them: is it from another cluster?",
+                f"{self.issuer} (they are re-fetched for an unknown key at most every "
+                f"{MIN_REFETCH_INTERVAL:g}s): is it from another cluster?",
             )
         if alg not in key.algorithms:
             raise PodTokenError(
@@ -257,7 +269,8 @@ class PodTokenVerifier:
             raise PodTokenError("malformed", _NOT_JWT) from None
         if not isinstance(payload, dict):
             raise PodTokenError("malformed", _NOT_JWT)
-        return self._claims(payload, token, now)
+        identity, deadline = self._claims(payload, token, now)
+        return identity, deadline, kid, key
 
     def _wrong_issuer(self) -> PodTokenError:
         return PodTokenError(
