@@ -255,20 +255,20 @@ async def test_each_service_account_gets_its_own_role(node: Node) -> None:
     await node.pool.close()
 
 
-async def test_the_freshest_token_seen_is_the_one_exchanged(node: Node) -> None:
-    """Every request offers its token to the identity's source, which keeps the one that
-    expires last: a later refresh uses it, an older token never replaces it."""
+async def test_the_latest_token_seen_is_the_one_exchanged(node: Node) -> None:
+    """Every request offers its token to the identity's source, which keeps the latest:
+    a later refresh uses it, even where an earlier pod's token lived longer."""
     await node.tenancy.grant(None, node.token(ttl=1800))
     source = node.built[0][1]
     await settle()
-    longest = node.token(ttl=7200)
-    await node.tenancy.grant(None, longest)
-    await node.tenancy.grant(None, node.token(ttl=3000))  # outlived by the one held
-    assert (await source.fetch()).value == longest
+    await node.tenancy.grant(None, node.token(ttl=86400))  # a pod asking for a long token
+    latest = node.token(ttl=3000)
+    await node.tenancy.grant(None, latest)
+    assert (await source.fetch()).value == latest
     # The identity's next refresh (before the credentials expire) uses it.
     await node.clock.advance(3600)
     assert len(node.sts.tokens) >= 2
-    assert node.sts.tokens[-1] == longest
+    assert node.sts.tokens[-1] == latest
     await node.pool.close()
 
 

@@ -1,15 +1,16 @@
 """The node agent's source: the token a pod presented with its request, already verified.
 
 One source per identity (issuer, subject, role): every request of that identity offers
-its token, and the source keeps the one that lives longest, so the next exchange (a
-refresh ahead of expiry, long after the pod's first request) uses the freshest token
-any of its pods showed. A changed token is visible to the refresher's token watch, so an
+its token, and the source keeps the most recent one, so the next exchange (a refresh
+ahead of expiry, long after the pod's first request) uses the latest token any of its
+pods showed. A changed token is visible to the refresher's token watch, so an
 identity failing on an expired token recovers as soon as a pod presents a new one.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 from collections.abc import Hashable
 from dataclasses import dataclass
 from datetime import datetime
@@ -42,8 +43,12 @@ class PresentedTokenSource:
         return f"PresentedTokenSource({self.subject!r})"
 
     def offer(self, token: Secret, expires_at: datetime) -> bool:
-        """Keep ``token`` (verified by the caller) if it outlives the one held; True if kept."""
-        if self._expires_at is not None and expires_at <= self._expires_at:
+        """Hold ``token`` (verified by the caller): the most recently presented one wins,
+        whatever its lifetime, so no pod can pin its account to a long-lived token that STS
+        has since come to refuse (a rotated key). True if it replaced another."""
+        if self._token is not None and hmac.compare_digest(
+            self._token.reveal().encode(), token.reveal().encode()
+        ):
             return False
         self._token, self._expires_at = token, expires_at
         return True

@@ -3,7 +3,7 @@ token, verified here before anything else, and gets the role its service account
 associated with.
 
 Identities are (issuer, subject, role): every pod of a service account shares one
-refresher, fed with the freshest token any of them presented. A refused token never
+refresher, fed with the latest token any of them presented. A refused token never
 reaches the cache or STS. A cache miss creates the refresher synchronously, so concurrent
 first requests of one identity share it (and its single exchange).
 """
