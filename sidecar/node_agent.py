@@ -33,7 +33,7 @@ from sidecar.core.metrics import Metrics
 from sidecar.exchange.rate_cap import StsRateCap
 from sidecar.exchange.sts import StsClient
 from sidecar.outputs.endpoint import CREDENTIALS_PATH, create_app
-from sidecar.outputs.http import LogThrottle
+from sidecar.outputs.http import DEFAULT_REFUSAL_LOG_BUDGET, LogThrottle
 from sidecar.outputs.link_local import add_addresses
 from sidecar.outputs.listener import AcceptErrorThrottle, ListenerGuard
 from sidecar.outputs.ratelimit import FailureLimiter
@@ -162,7 +162,6 @@ async def running_node_agent(
             metrics,
             clock,
             keys_ready=lambda: keys.ready,
-            associations_hint=str(config.associations),
         )
         await _background(stack, associations.watch(clock), "associations-watch")
         frozen_at = [0]
@@ -177,7 +176,7 @@ async def running_node_agent(
 
         await _background(stack, compact_periodically(clock, grown=grown), "gc-compaction")
 
-        refusals = LogThrottle(monotonic=clock.monotonic)
+        refusals = LogThrottle(monotonic=clock.monotonic, budget=DEFAULT_REFUSAL_LOG_BUDGET)
         limiter = FailureLimiter(FAILED_REQUEST_RATE, FAILED_REQUEST_BURST, clock.monotonic)
         app = create_app(
             tenancy,

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.config.settings import SESSION_NAME
 from sidecar.core.errors import ConfigError
 from sidecar.tenancy.associations import (
     MAX_ASSOCIATIONS_BYTES,
     load_associations,
     parse_associations,
+    session_name_for,
 )
 from sidecar.tenancy.associations_file import POLL_INTERVAL, AssociationsFile
 from tests.fakes import FakeClock, settle
@@ -335,3 +337,13 @@ async def test_watch_reloads_within_the_poll_interval(tmp_path: Path) -> None:
     watcher.cancel()
     await settle()
     assert watcher.cancelled()
+
+
+def test_long_names_get_distinct_session_names() -> None:
+    """Two service accounts whose namespace.name passes 64 characters keep distinct session
+    names (cut, plus a digest of the whole), within STS's rules."""
+    long_namespace = "n" * 40
+    names = {session_name_for(long_namespace, "a" * 30 + end) for end in ("x", "y")}
+    assert len(names) == 2
+    assert all(len(name) <= 64 and SESSION_NAME.match(name) for name in names)
+    assert session_name_for("payments", "api") == "payments.api"

@@ -42,7 +42,8 @@ def test_defaults() -> None:
     config = load()
     assert config.listen == (("169.254.170.23", 80), ("fd00:ec2::23", 80))
     assert ",".join(DEFAULT_LISTEN) == "169.254.170.23:80,[fd00:ec2::23]:80"
-    assert config.issuer == "https://oidc.example.com/cluster-1"  # trailing slash dropped
+    # Exactly as given, trailing slash and all: tokens carry it so (AKS issuers end in /).
+    assert config.issuer == "https://oidc.example.com/cluster-1/"
     assert config.associations == Path("/etc/a.toml")
     assert config.jwks_file is None
     assert config.audience == "sts.amazonaws.com"

@@ -134,7 +134,8 @@ def load_node_agent_config(
             check.add(f"{where('listen')}={shown(item)} is not HOST:PORT ({exc})")
     if not items:  # a bad one is reported above, once
         check.add("--listen: give at least one HOST:PORT")
-    issuer = value("issuer").rstrip("/")
+    # Exactly as given: tokens' iss must equal it, trailing slash and all (AKS has one).
+    issuer = value("issuer")
     parts = urlsplit(issuer) if issuer else None
     if not issuer:
         check.add(

@@ -131,10 +131,20 @@ def _association(table: Any, where: str, audience: str, check: Checker) -> Assoc
         hops=hops,
         allowed_accounts=check.accounts(tuple(accounts), f"{where}.allowed_accounts"),
         # CloudTrail shows who it was: the service account, not a generic name.
-        default_session_name=sanitize_session_name(f"{namespace}.{service_account}"),
+        default_session_name=session_name_for(namespace, service_account),
     )
     check_accounts_of(role, check)
     return Association(namespace, service_account, role)
+
+
+def session_name_for(namespace: str, service_account: str) -> str:
+    """``namespace.service_account``; cut to STS's 64 characters with a digest of the whole,
+    so two long names sharing a role still tell apart in CloudTrail."""
+    name = f"{namespace}.{service_account}"
+    if len(name) > 64:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:10]
+        name = f"{name[:53]}-{digest}"
+    return sanitize_session_name(name)
 
 
 def load_associations(path: Path, audience: str) -> Associations:

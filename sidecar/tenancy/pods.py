@@ -53,7 +53,6 @@ class PodTenancy:
         metrics: Metrics,
         clock: Clock,
         keys_ready: Callable[[], bool],
-        associations_hint: str = "the associations file",
     ) -> None:
         self._clock = clock
         self._keys_ready = keys_ready
@@ -63,7 +62,6 @@ class PodTenancy:
         self._build = build
         self._metrics = metrics
         self._sources: dict[IdentityKey, PresentedTokenSource] = {}
-        self._hint = associations_hint
 
     def forget(self, key: IdentityKey, entry: Entry, reason: str) -> None:
         """The pool dropped ``key`` (its ``on_evict``)."""
@@ -117,7 +115,7 @@ class PodTenancy:
             self._metrics.pod_token_refusals.labels("no_association").inc()
             raise Forbidden(
                 f"service account {pod.service_account} in namespace {pod.namespace} has no "
-                f"role: add an association for it to {self._hint}",
+                "role: add an association for it to the node agent's associations file",
                 "NoAssociation",
                 reason="no_association",
                 log_event="no_association",
