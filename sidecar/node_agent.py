@@ -29,7 +29,7 @@ from sidecar.config.node_agent import NodeAgentConfig
 from sidecar.core.clock import Clock, SystemClock
 from sidecar.core.collector import compact_periodically
 from sidecar.core.errors import ListenError
-from sidecar.core.metrics import Metrics
+from sidecar.core.metrics import Metrics, worst_per_role
 from sidecar.exchange.rate_cap import StsRateCap
 from sidecar.exchange.sts import StsClient
 from sidecar.outputs.endpoint import CREDENTIALS_PATH, create_app
@@ -60,6 +60,8 @@ class RunningAgent:
     pool: Pool[IdentityKey]
     associations: AssociationsFile
     keys: KeySource
+    #: ``http://host:port/metrics`` with --metrics-listen.
+    metrics_url: str | None = None
 
     def reload(self) -> None:
         """SIGHUP: re-read the associations now, and retry at once every identity that has
@@ -152,6 +154,8 @@ async def running_node_agent(
                 tenancy.forget(key, entry, reason)
 
         pool: Pool[IdentityKey] = Pool(clock, config.identity_idle, config.max_identities, evicted)
+        # The per-role gauges (ready, expiry, failures), worst identity first, by role name.
+        metrics.watch_roles(lambda: worst_per_role(e.refresher.status() for _, e in pool.items()))
         stack.push_async_callback(pool.close)
         await _background(stack, pool.run_eviction(), "identity-eviction")
         tenancy = PodTenancy(
@@ -185,8 +189,10 @@ async def running_node_agent(
             audit=config.audit_log,
             limiter=limiter,
             refusals=refusals,
+            metrics_route=False,
         )
-        limits = listener_limits(config.limits, len(config.listen))
+        listeners = len(config.listen) + (config.metrics_listen is not None)
+        limits = listener_limits(config.limits, listeners)
         accept_errors = AcceptErrorThrottle(asyncio.get_running_loop())
         accept_errors.install()
         stack.callback(accept_errors.uninstall)
@@ -213,6 +219,24 @@ async def running_node_agent(
             urls.append(base_url(*bound, CREDENTIALS_PATH))
         if not urls:
             raise ListenError("could not listen on any --listen address")
+        metrics_url = None
+        if config.metrics_listen is not None:
+            observed = create_app(
+                tenancy,
+                metrics,
+                config.request_wait,
+                limiter=limiter,
+                refusals=refusals,
+                credentials=False,
+            )
+            host, port = config.metrics_listen
+            bound = await listen(
+                stack, observed, host, port, "--metrics-listen", ListenerGuard(limits, "metrics")
+            )
+            metrics_url = base_url(*bound, "/metrics")
+            log.info(
+                "metrics on %s", metrics_url, extra={"event": "metrics_started", "url": metrics_url}
+            )
         log.info(
             "credential-sidecar %s node agent serving on %s",
             __version__,
@@ -225,7 +249,7 @@ async def running_node_agent(
                 "sts_endpoint": sts.endpoint,
             },
         )
-        yield RunningAgent(tuple(urls), tenancy, pool, associations, keys)
+        yield RunningAgent(tuple(urls), tenancy, pool, associations, keys, metrics_url)
         log.info("stopping: no longer accepting connections", extra={"event": "stopping"})
     log.info("stopped", extra={"event": "stopped"})
 

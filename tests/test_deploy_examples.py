@@ -426,8 +426,9 @@ def test_example_pod_uses_the_node_agent() -> None:
 
 
 def test_scrape_config_finds_the_node_agents_metrics_port() -> None:
-    """The node-agent scrape job keeps the port the monitored node agent listens on, on the
-    node's IP (the link-local addresses cannot be reached from Prometheus's node)."""
+    """The node-agent scrape job keeps the port the monitored node agent serves metrics on,
+    on the node's IP (the link-local addresses cannot be reached from Prometheus's node),
+    and the pods' addresses stay the defaults (no /metrics there)."""
     scrape = yaml.safe_load(
         (DEPLOY / "kubernetes" / "prometheus" / "scrape-config.yaml").read_text()
     )
@@ -436,9 +437,9 @@ def test_scrape_config_finds_the_node_agents_metrics_port() -> None:
     spec, _ = _node_agent(NODE_AGENT / "monitored")
     (agent,) = spec["containers"]
     port = next(p for p in agent["ports"] if p["name"] == keep["regex"])
-    listen = _flag_values(agent["args"][1:])["--listen"]
-    assert f"$(NODE_IP):{port['containerPort']}" in listen
-    assert f"{AGENT_ADDRESS}:80" in listen and "[fd00:ec2::23]:80" in listen
+    flags = _flag_values(agent["args"][1:])
+    assert flags["--metrics-listen"] == [f"$(NODE_IP):{port['containerPort']}"]
+    assert "--listen" not in flags
     (node_ip,) = [e for e in agent["env"] if e["name"] == "NODE_IP"]
     assert node_ip["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"
 

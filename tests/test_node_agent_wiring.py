@@ -132,3 +132,38 @@ async def test_a_reload_prunes_only_changed_associations(
             False,
         ]
         assert again[2].role == "team-sa2-v2"
+
+
+async def test_pods_get_no_metrics_and_prometheus_gets_per_role_gauges(
+    emulator: EmulatorThread, tmp_path: Path
+) -> None:
+    """The pod-facing listener has no /metrics (it names other tenants' namespaces and
+    roles); --metrics-listen serves it, with the ready/expiry gauges per role name, and no
+    credentials."""
+    import aiohttp
+
+    node = Node(emulator, tmp_path, metrics_listen="127.0.0.1:0")
+    registry = CollectorRegistry()
+    async with running_node_agent(node.config, node.clock, registry) as agent:
+        await node.grant_all(agent, ACCOUNTS[:2])
+        pods = agent.urls[0].removesuffix("/v1/credentials")
+        async with aiohttp.ClientSession() as http:
+            async with http.get(pods + "/metrics") as response:
+                assert response.status == 404
+            async with http.get(pods + "/readyz") as response:
+                assert response.status == 200
+            assert agent.metrics_url is not None
+            async with http.get(agent.metrics_url) as response:
+                assert response.status == 200
+                assert "credential_sidecar_identities" in await response.text()
+            observed = agent.metrics_url.removesuffix("/metrics")
+            async with http.get(observed + "/v1/credentials") as response:
+                assert response.status == 404
+        ready = registry.get_sample_value("credential_sidecar_ready", {"role": "team-sa0"})
+        expiry = registry.get_sample_value(
+            "credential_sidecar_credentials_expiry_seconds", {"role": "team-sa1"}
+        )
+        assert ready == 1.0
+        assert expiry is not None and expiry > 3000
+    assert node.config.metrics_listen is not None
+    assert node.config.limits.max_connections_per_client == 64

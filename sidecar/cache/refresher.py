@@ -186,7 +186,7 @@ class Refresher:
             by_wall = (snap.credentials.expiration - self._clock.now()).total_seconds()
             until_expiry = max(0.0, min(snap.expires_at - now, by_wall))
         return RoleStatus(
-            role=self.name,
+            role=self.label,
             ready=self.ready,
             seconds_until_expiry=until_expiry,
             seconds_since_success=(

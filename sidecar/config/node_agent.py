@@ -40,6 +40,12 @@ NODE_SETTINGS: tuple[Setting, ...] = (
         "a warning)",
         repeatable=True,
     ),
+    _n(
+        "metrics_listen",
+        None,
+        "HOST:PORT serving /metrics, /healthz and /readyz for Prometheus (the --listen "
+        "addresses serve pods only: credentials and health)",
+    ),
     _n("issuer", None, "the cluster's service-account issuer URL (the tokens' iss)"),
     _n(
         "jwks_file",
@@ -62,6 +68,13 @@ NODE_SETTINGS: tuple[Setting, ...] = (
         "how long a request for a new identity waits for its first credentials (then 503)",
     ),
     _n("refresh_jitter", "0.2", "refresh up to this fraction of the refresh-ahead time early"),
+    _n("max_connections", "4096", "open connections per listener at most"),
+    _n(
+        "max_connections_per_client",
+        "64",
+        "open connections per client address at most (a pod uses a few; two clients must "
+        "not be able to fill the listener)",
+    ),
     _n("log_format", "text", "text or json"),
     _n("log_level", "info", "debug, info, warning or error"),
     _n("audit_log", None, "log every served request (role, subject, client)", is_switch=True),
@@ -79,6 +92,7 @@ NODE_SETTINGS: tuple[Setting, ...] = (
 @dataclass(frozen=True)
 class NodeAgentConfig:
     listen: tuple[tuple[str, int], ...]
+    metrics_listen: tuple[str, int] | None
     issuer: str
     jwks_file: Path | None
     audience: str
@@ -134,6 +148,13 @@ def load_node_agent_config(
             check.add(f"{where('listen')}={shown(item)} is not HOST:PORT ({exc})")
     if not items:  # a bad one is reported above, once
         check.add("--listen: give at least one HOST:PORT")
+    metrics_listen = None
+    if value("metrics_listen"):
+        try:
+            metrics_listen = parse_listen(value("metrics_listen"))
+        except ValueError as exc:
+            shown_value = shown(value("metrics_listen"))
+            check.add(f"{where('metrics_listen')}={shown_value} is not HOST:PORT ({exc})")
     # Exactly as given: tokens' iss must equal it, trailing slash and all (AKS has one).
     issuer = value("issuer")
     parts = urlsplit(issuer) if issuer else None
@@ -192,6 +213,7 @@ def load_node_agent_config(
     request_wait = check.seconds(value("request_wait"), where("request_wait"), 0, 30)
     config = NodeAgentConfig(
         listen=tuple(listen),
+        metrics_listen=metrics_listen,
         issuer=issuer,
         jwks_file=jwks_file,
         audience=audience,
@@ -208,8 +230,12 @@ def load_node_agent_config(
             cold_start_wait=request_wait,
             refresh_jitter=number("refresh_jitter", 0, 0.5),
         ),
-        # Above a request's own wait for its first credentials.
-        limits=ListenerLimits(request_timeout=max(5.0, request_wait + 2)),
+        limits=ListenerLimits(
+            # Above a request's own wait for its first credentials.
+            request_timeout=max(5.0, request_wait + 2),
+            max_connections=whole("max_connections", 1, 1_000_000),
+            max_connections_per_client=whole("max_connections_per_client", 1, 1_000_000),
+        ),
         log_format=log_format,
         log_level=log_level,
         audit_log=bool(raw["audit_log"][0]),

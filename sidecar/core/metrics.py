@@ -32,9 +32,11 @@ class RoleStatus:
 class _RoleCollector(Collector):
     def __init__(self) -> None:
         self.sources: list[Callable[[], RoleStatus]] = []
+        self.many: list[Callable[[], Iterable[RoleStatus]]] = []
 
     def collect(self) -> Iterator[Metric]:
         statuses = [source() for source in self.sources]
+        statuses += [status for source in self.many for status in source()]
         gauges = {
             "ready": GaugeMetricFamily(
                 f"{PREFIX}_ready",
@@ -160,3 +162,29 @@ class Metrics:
 
     def watch_role(self, source: Callable[[], RoleStatus]) -> None:
         self._roles.sources.append(source)
+
+    def watch_roles(self, source: Callable[[], Iterable[RoleStatus]]) -> None:
+        """Roles that come and go (the node agent's): ``source`` lists them at each scrape."""
+        self._roles.many.append(source)
+
+
+def worst_per_role(statuses: Iterable[RoleStatus]) -> list[RoleStatus]:
+    """One status per role from many identities of it: ready only if all are, the nearest
+    expiry, the oldest success, the most failures in a row (what an alert must see)."""
+    by_role: dict[str, list[RoleStatus]] = {}
+    for status in statuses:
+        by_role.setdefault(status.role, []).append(status)
+    merged = []
+    for role, group in sorted(by_role.items()):
+        expiries = [s.seconds_until_expiry for s in group if s.seconds_until_expiry is not None]
+        since = [s.seconds_since_success for s in group if s.seconds_since_success is not None]
+        merged.append(
+            RoleStatus(
+                role=role,
+                ready=all(s.ready for s in group),
+                seconds_until_expiry=min(expiries) if expiries else None,
+                seconds_since_success=max(since) if since else None,
+                consecutive_failures=max(s.consecutive_failures for s in group),
+            )
+        )
+    return merged

@@ -70,6 +70,7 @@ class DevCluster:
             "sts_endpoint": self.sts_url,
             "region": DEV_REGION,
             "listen": "127.0.0.1:9923",
+            "metrics_listen": "127.0.0.1:9924",
         }
 
 

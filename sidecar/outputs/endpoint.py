@@ -142,10 +142,15 @@ def create_app(
     limiter: FailureLimiter | None = None,
     refusals: LogThrottle | None = None,
     check_host: bool = False,
+    credentials: bool = True,
+    metrics_route: bool = True,
 ) -> web.Application:
     """The credentials listener's app; ``limiter`` answers 429 to clients failing too often,
     ``refusals`` throttles the refusal log (pass the same ones to every listener);
-    ``check_host`` (for listeners without client auth) refuses DNS-rebinding requests."""
+    ``check_host`` (for listeners without client auth) refuses DNS-rebinding requests.
+    ``credentials``/``metrics_route`` choose what it serves besides health and readiness:
+    the node agent gives pods no ``/metrics`` (it names other tenants' namespaces, roles
+    and errors) and Prometheus a listener of its own without credentials."""
     from sidecar.outputs.rebinding import refuse_rebinding  # it builds on outputs.http
 
     guards = [refuse_rebinding] if check_host else []
@@ -171,11 +176,13 @@ def create_app(
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response
 
-    credentials = CredentialsHandler(tenancy, cold_start_wait, audit, refusals).handle
-    app.router.add_get(CREDENTIALS_PATH, credentials, allow_head=False)
-    app.router.add_get(CREDENTIALS_PATH + "/{role}", credentials, allow_head=False)
+    if credentials:
+        handle = CredentialsHandler(tenancy, cold_start_wait, audit, refusals).handle
+        app.router.add_get(CREDENTIALS_PATH, handle, allow_head=False)
+        app.router.add_get(CREDENTIALS_PATH + "/{role}", handle, allow_head=False)
     app.router.add_get("/healthz", healthz, allow_head=False)
     app.router.add_get("/readyz", readyz, allow_head=False)
     app.router.add_get("/readyz/{role}", readyz, allow_head=False)
-    app.router.add_get("/metrics", metrics_view, allow_head=False)
+    if metrics_route:
+        app.router.add_get("/metrics", metrics_view, allow_head=False)
     return app

@@ -108,12 +108,17 @@ class NodeAgent(DaemonProcess):
             *args,
         ]
         self.started: dict[str, Any] = {}
+        #: Where --metrics-listen serves /metrics (the pods' listener never does).
+        self.metrics_url = ""
 
     def start(self, wait_for: str | None = "started", timeout: float = 20) -> NodeAgent:
         super().start(wait_for=None)
         if wait_for:
             self.started = self.wait_event(wait_for, timeout)
             self.url = str(self.started["urls"][0])
+            if "--metrics-listen" in self.args:  # logged just before "started"
+                (metrics,) = self.events("metrics_started")
+                self.metrics_url = str(metrics["url"])
         return self
 
 
@@ -142,6 +147,11 @@ def agent_args(emulator: EmulatorThread, associations: Path, *extra: str) -> lis
         "us-east-1",
         "--listen",
         "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        # The simulated pods all connect from 127.0.0.1; real pods have an address each.
+        "--max-connections-per-client",
+        "1024",
         *extra,
     ]
 
@@ -222,7 +232,7 @@ async def test_a_pod_start_storm_gets_each_pod_its_role_for_one_sts_call_per_ide
         assert session.session_token == body["Token"]
     assert all(len(k) == 1 for k in keys.values())  # one session per service account
     assert len(set.union(*keys.values())) == len(STORM)
-    async with pods.get(agent.base + "/metrics") as response:
+    async with pods.get(agent.metrics_url) as response:
         page = await response.text()
     for namespace in NAMESPACES:
         assert metric(page, "credential_sidecar_identities", namespace=namespace) == 8
@@ -286,7 +296,7 @@ async def test_bad_tokens_are_refused_without_an_sts_call(
     assert (got, body["code"]) == (403, "NoAssociation")
     assert "service account intruder in namespace payments" in body["message"]
     assert sts_calls(cluster) == before
-    async with pods.get(agent.base + "/metrics") as response:
+    async with pods.get(agent.metrics_url) as response:
         page = await response.text()
     assert metric(page, "credential_sidecar_identities", namespace=namespace) == 0
     for reason in ("signature", "expired", "audience", "issuer", "no_association", "missing"):
