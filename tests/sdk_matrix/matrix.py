@@ -61,8 +61,19 @@ def _no(**reasons: str) -> Mapping[str, str]:
     return MappingProxyType(reasons)
 
 
+# Reasons, each read from the client's source (the path names where):
+# - token file: botocore added AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE in 1.32.0 (commit
+#   54a09c7, "Feature eks credentials") and re-reads it on every refresh since 1.34.41
+#   (42903c4); 1.29's and the Debian CLI v2's bundled botocore (awscli/botocore/
+#   credentials.py) have only ENV_VAR_AUTH_TOKEN; Go v1 aws/defaults/defaults.go and Go v2
+#   config/env_config.go read only AWS_CONTAINER_AUTHORIZATION_TOKEN.
+# - Ruby 3.168 credential_provider_chain.rb: the container provider only `if
+#   ENV['AWS_CONTAINER_CREDENTIALS_RELATIVE_URI']`; instance_profile_credentials.rb connects
+#   to `@port = options[:port] || 80`, whatever the endpoint URL says.
+# - JavaScript v3 fromHttp reads only the container variables; fromProcess only a profile.
 _NO_TOKEN_FILE = "reads only `AWS_CONTAINER_AUTHORIZATION_TOKEN`, not `_FILE`"
-_NOT_CONTAINER = "only the credential_process provider"
+_NO_FULL_URI = "reads only `RELATIVE_URI`, never `FULL_URI`"
+_NOT_CONTAINER = "`fromProcess` runs only a `credential_process`"
 
 CLIENTS = (
     Client("botocore", "botocore, latest (the project venv's)", "botocore"),
@@ -79,9 +90,7 @@ CLIENTS = (
         "botocore",
         "1.29.165",
         version="1.29.165",
-        unsupported=_no(
-            full_uri_token_file=_NO_TOKEN_FILE + " (the file came in botocore 1.34.41)"
-        ),
+        unsupported=_no(full_uri_token_file=_NO_TOKEN_FILE + " (`_FILE` came in botocore 1.32.0)"),
     ),
     Client("cli-v1", "AWS CLI v1, latest (PyPI, the project venv's)", "cli-v1"),
     Client(
@@ -89,7 +98,7 @@ CLIENTS = (
         "AWS CLI v2 2.9.19 (Debian 12 `awscli`)",
         "cli-v2",
         version="2.9.19",
-        unsupported=_no(full_uri_token_file=_NO_TOKEN_FILE),
+        unsupported=_no(full_uri_token_file="its bundled botocore " + _NO_TOKEN_FILE),
     ),
     Client("js-v2", "JavaScript v2 `aws-sdk` 2.1693.0", "js-v2", version="2.1693.0"),
     Client(
@@ -106,8 +115,8 @@ CLIENTS = (
         "http",
         version="3.1169.0",
         unsupported=_no(
-            imds="only the container endpoint variables (`fromInstanceMetadata` does IMDS)",
-            credential_process="only the container endpoint variables (`fromProcess` does this)",
+            imds="`fromHttp` reads only the container endpoint variables",
+            credential_process="`fromHttp` reads only the container endpoint variables",
         ),
     ),
     Client(
@@ -119,7 +128,7 @@ CLIENTS = (
         unsupported=_no(
             full_uri_token=_NOT_CONTAINER,
             full_uri_token_file=_NOT_CONTAINER,
-            exec=_NOT_CONTAINER + " (`exec` sets the container endpoint variables)",
+            exec=_NOT_CONTAINER,
             relative_uri=_NOT_CONTAINER,
             imds=_NOT_CONTAINER,
         ),
@@ -146,13 +155,10 @@ CLIENTS = (
         "ruby",
         version="3.168.1",
         unsupported=_no(
-            full_uri_token="no `FULL_URI`: its chain reads only `RELATIVE_URI`",
-            full_uri_token_file="no `FULL_URI`: its chain reads only `RELATIVE_URI`",
-            exec="no `FULL_URI` (which `exec` sets): its chain reads only `RELATIVE_URI`",
-            imds=(
-                "ignores the port of `AWS_EC2_METADATA_SERVICE_ENDPOINT` (always 80): "
-                "bind IMDS on port 80"
-            ),
+            full_uri_token=_NO_FULL_URI,
+            full_uri_token_file=_NO_FULL_URI,
+            exec=_NO_FULL_URI + " (`exec` sets `FULL_URI`)",
+            imds="ignores the port in `AWS_EC2_METADATA_SERVICE_ENDPOINT` (uses 80)",
         ),
     ),
 )
