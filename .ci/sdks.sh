@@ -35,5 +35,8 @@ for version in "${BOTOCORE_VERSIONS[@]}"; do
   fi
 done
 
-# The AWS SDK for JavaScript v2 and v3 (package-lock.json pins them).
-(cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
+# The AWS SDK for JavaScript v2 and v3 (package-lock.json pins them; .ci/run's npm ci may
+# already have installed them).
+if [ ! -d tests/js/node_modules/aws-sdk ] || [ ! -d tests/js/node_modules/@aws-sdk/credential-providers ]; then
+  (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
+fi

@@ -34,6 +34,9 @@ from tests.sdk_matrix.matrix import CLIENTS, WAYS, Client, Way
 DEV_ROLE_SESSION = "arn:aws:sts::123456789012:assumed-role/credential-sidecar-dev/"
 CELL_TIMEOUT = 90.0  # seconds: a cold `exec` starts a daemon, then the client
 PARALLEL = 4  # cells at once; the clients mostly wait on process start-up
+# The first test also runs the module's fixture: every cell (about 50 s warm, on 2 cores),
+# plus the Go builds when cold.
+pytestmark = pytest.mark.timeout(600)
 
 
 @dataclass(frozen=True)
