@@ -64,6 +64,9 @@ class Outcome:
 class MatrixRun:
     cells: dict[tuple[str, str], Outcome | clients.Missing]
     versions: dict[str, str | None]
+    namespace: netns.Namespace
+    daemon: Daemon
+    work: Path
 
 
 def _start_daemon(namespace: netns.Namespace, work: Path) -> Daemon:
@@ -155,15 +158,19 @@ def _way_env(way: Way, daemon: Daemon, work: Path) -> dict[str, str]:
 
 
 def _run_cell(
-    namespace: netns.Namespace, argv: list[str], way: Way, daemon: Daemon, work: Path
+    namespace: netns.Namespace,
+    argv: list[str],
+    way: Way,
+    daemon: Daemon,
+    work: Path,
+    **extra_env: str,
 ) -> Outcome:
     work.mkdir(parents=True)
     if way.key == "exec":
         argv = [sys.executable, "-m", "sidecar", "exec", "--dev", "--", *argv]
+    env = {**_way_env(way, daemon, work), **extra_env}
     try:
-        done = namespace.run(
-            argv, env=_way_env(way, daemon, work), cwd=work, check=False, timeout=CELL_TIMEOUT
-        )
+        done = namespace.run(argv, env=env, cwd=work, check=False, timeout=CELL_TIMEOUT)
     except subprocess.TimeoutExpired:
         return Outcome(False, None, None, f"no answer in {CELL_TIMEOUT} s")
     detail = f"exit {done.returncode}\nstdout: {done.stdout[-2000:]}\nstderr: {done.stderr[-3000:]}"
@@ -227,7 +234,7 @@ def matrix_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MatrixRun]:
                 versions[client.key] = next(
                     (o.version for o in reported if isinstance(o, Outcome) and o.version), None
                 )
-        yield MatrixRun(cells, versions)
+        yield MatrixRun(cells, versions, namespace, daemon, work)
 
 
 def _missing(client: Client, missing: clients.Missing) -> None:
@@ -267,3 +274,22 @@ def test_installed_version(matrix_run: MatrixRun, client: Client) -> None:
         assert isinstance(missing, clients.Missing)
         _missing(client, missing)
     assert matrix_run.versions[client.key] == client.version
+
+
+def test_credentials_from_elsewhere_fail_the_cell(matrix_run: MatrixRun) -> None:
+    """The pass criterion has teeth: a client that signs with credentials from another
+    source (here static keys in its environment, which botocore prefers to the endpoint)
+    does not pass, although the daemon was offered to it."""
+    argv = clients.command(CLIENTS[0])
+    assert not isinstance(argv, clients.Missing)
+    outcome = _run_cell(
+        matrix_run.namespace,
+        argv,
+        WAYS[0],
+        matrix_run.daemon,
+        matrix_run.work / "cells" / "control-static-keys",
+        AWS_ACCESS_KEY_ID="AKIAIOSFODNN7EXAMPLE",
+        AWS_SECRET_ACCESS_KEY="wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    )
+    assert not outcome.passed, outcome.detail
+    assert outcome.arn is None or not outcome.arn.startswith(DEV_ROLE_SESSION)
