@@ -122,6 +122,7 @@ def go_program(major: str) -> list[str] | Missing:
         "GOPATH": str(GOPATH),
         "GOCACHE": str(cache_dir() / "go" / "build-cache"),
         "GOFLAGS": "",
+        "CGO_ENABLED": "0",  # pure Go: no C compiler needed
     }
     built = subprocess.run(
         [go, "build", "-o", str(partial), "."],
