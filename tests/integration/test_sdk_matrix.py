@@ -21,7 +21,7 @@ import sys
 import threading
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -47,7 +47,7 @@ class Daemon:
     token_file: str
     imds_endpoint: str
     sts_url: str
-    relative_uri: str
+    relative_uri: str = field(repr=False)  # its id is a credential: not in failure output
 
 
 @dataclass(frozen=True)
