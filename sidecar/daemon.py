@@ -178,6 +178,7 @@ async def running_daemon(
                 config.refresh.cold_start_wait,
                 limiter=limiter,
                 refusals=refusals,
+                hop_limit=config.server.imds_hop_limit,
             )
             imds_host, imds_port = await listen(
                 stack,

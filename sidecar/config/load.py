@@ -258,6 +258,7 @@ def load_config(
             imds_host=imds_host,
             imds_port=imds_port,
             imds_role=imds_role if imds_host is not None else None,
+            imds_hop_limit=_count(raw, "imds_hop_limit", 1, 64, check),
             relative_host=relative_host,
             relative_port=relative_port,
             relative_id_dir=Path(relative_dir) if relative_host and relative_dir else None,

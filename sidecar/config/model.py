@@ -123,6 +123,8 @@ class ServerConfig:
     imds_host: str | None = None
     imds_port: int = 0
     imds_role: str | None = None
+    #: The IP TTL / hop limit of IMDS answers (EC2's "response hop limit").
+    imds_hop_limit: int = 1
     #: The capability endpoint (``/v2/credentials/<id>``), off when relative_host is None;
     #: one id file per role in relative_id_dir.
     relative_host: str | None = None

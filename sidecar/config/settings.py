@@ -153,6 +153,13 @@ SETTINGS: tuple[Setting, ...] = (
         "the role the IMDS listener serves (default: the default role)",
     ),
     _s(
+        "imds_hop_limit",
+        ("SIDECAR_IMDS_HOP_LIMIT",),
+        "1",
+        "IP hop limit (TTL) of the IMDS listener's answers, as EC2's: 1 keeps session tokens "
+        "from reaching a client behind a router (1..64)",
+    ),
+    _s(
         "relative_listen",
         ("SIDECAR_RELATIVE_LISTEN",),
         None,

@@ -22,6 +22,7 @@ through a proxy).
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -29,6 +30,7 @@ import json
 import math
 import re
 import secrets
+import socket
 import struct
 import time
 from collections.abc import Callable
@@ -122,6 +124,22 @@ def role_name(role_arn: str) -> str:
     return role_arn.rsplit("/", 1)[-1]
 
 
+def limit_hops(request: web.Request, hops: int) -> None:
+    """Send this connection's answers with an IP TTL (hop limit) of ``hops``, like EC2's
+    IMDSv2 token answers: with 1, a token never crosses a router, so a client behind one
+    (a container network routed through this host, a NAT) cannot start a session."""
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, hops)
+        with contextlib.suppress(OSError):  # IPv4 clients of a dual-stack socket
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, hops)
+    elif sock.family == socket.AF_INET:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, hops)
+
+
 def render_imds_json(snap: Snapshot) -> bytes:
     """EC2's answer: ``Code``, ``LastUpdated`` and ``Type`` besides the credentials."""
     creds = snap.credentials
@@ -145,9 +163,11 @@ def create_imds_app(
     tokens: SessionTokens | None = None,
     limiter: FailureLimiter | None = None,
     refusals: LogThrottle | None = None,
+    hop_limit: int | None = None,
 ) -> web.Application:
     """The IMDS app. It has no client auth, so it refuses DNS-rebinding requests (a Host
-    naming another host, any Origin); ``limiter``/``refusals`` as for ``create_app``."""
+    naming another host, any Origin); ``limiter``/``refusals`` as for ``create_app``;
+    ``hop_limit``: the IP TTL of its answers (EC2's response hop limit)."""
     tokens = tokens or SessionTokens()
     name = role_name(role_arn)
     rendered = Rendered(render_imds_json)
@@ -166,6 +186,8 @@ def create_imds_app(
             ttl = 0
         if not 1 <= ttl <= 21600:
             raise BadRequest(f"{TTL_HEADER} must be 1..21600", "InvalidTTL")
+        if hop_limit is not None:
+            limit_hops(request, hop_limit)
         return web.Response(text=tokens.issue(ttl), headers={TTL_HEADER: str(ttl)})
 
     def authorise(request: web.Request) -> None:
