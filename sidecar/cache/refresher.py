@@ -11,7 +11,7 @@ The policy, in one place:
 * **Never serve the unusable**: a snapshot is servable only until ``safety_margin`` before
   its expiry; after that the endpoint answers 503 and ``/readyz`` fails.
 * **Single flight**: only ``run`` exchanges, one attempt at a time; readers never call STS.
-  They read an immutable ``Snapshot`` whose response body was rendered once. ``run`` owns
+  They read an immutable ``Snapshot`` (each output renders its bytes once). ``run`` owns
   the attempt in flight: cancelling ``run`` cancels it and waits for it.
 * **Requests are coalesced**: ``refresh_soon`` (SIGHUP) costs at most one exchange per
   ``REFRESH_REQUEST_DEBOUNCE`` seconds, and none during a throttling backoff.

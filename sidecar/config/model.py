@@ -131,7 +131,7 @@ class ServerConfig:
     relative_port: int = 0
     relative_id_dir: Path | None = None
     #: Per client address: failing requests allowed at once, and refilled per second
-    #: (None: no limit). Only 4xx answers spend them; see sidecar/ratelimit.py.
+    #: (None: no limit). Only 4xx answers spend them; see sidecar/outputs/ratelimit.py.
     failed_request_burst: int = 100
     failed_request_rate: float | None = 20.0
     #: Refused-request log lines per minute over all clients.
