@@ -28,6 +28,7 @@ from sidecar.config.model import RoleConfig
 from sidecar.config.node_agent import NodeAgentConfig
 from sidecar.core.clock import Clock, SystemClock
 from sidecar.core.collector import compact_periodically
+from sidecar.core.credentials import role_name
 from sidecar.core.errors import ListenError
 from sidecar.core.metrics import Metrics, worst_per_role
 from sidecar.exchange.rate_cap import StsRateCap
@@ -144,7 +145,7 @@ async def running_node_agent(
                 clock,
                 metrics,
                 name=role.name,
-                label=role.role_arn.rsplit("/", 1)[-1],
+                label=role_name(role.role_arn),
                 rate_wait=RATE_CAP_WAIT,
                 rng=jitter,
             )

@@ -26,6 +26,12 @@ def account_from_arn(arn: str) -> str:
     return match.group(1) if match else ""
 
 
+def role_name(role_arn: str) -> str:
+    """``arn:aws:iam::1:role/path/name`` -> ``name`` (as EC2's IMDS lists it, and the
+    metrics label a role is counted under)."""
+    return role_arn.rsplit("/", 1)[-1]
+
+
 def format_expiration(moment: datetime) -> str:
     """UTC with a literal ``Z`` and no fraction: the one form every SDK parses.
 

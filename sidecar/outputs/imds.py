@@ -38,7 +38,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from sidecar.cache.refresher import Refresher, Snapshot
-from sidecar.core.credentials import format_expiration
+from sidecar.core.credentials import format_expiration, role_name
 from sidecar.core.errors import (
     BadRequest,
     Forbidden,
@@ -117,11 +117,6 @@ class SessionTokens:
             return False
         (expiry_ms,) = self._EXPIRY.unpack_from(payload)
         return bool(expiry_ms > self._monotonic() * 1000)
-
-
-def role_name(role_arn: str) -> str:
-    """``arn:aws:iam::1:role/path/name`` -> ``name``, as EC2's IMDS lists it."""
-    return role_arn.rsplit("/", 1)[-1]
 
 
 def limit_hops(request: web.Request, hops: int) -> None:

@@ -18,10 +18,11 @@ from sidecar.cache.pool import Entry, Pool
 from sidecar.cache.refresher import Refresher
 from sidecar.config.model import RoleConfig
 from sidecar.core.clock import Clock
+from sidecar.core.credentials import role_name
 from sidecar.core.errors import Forbidden, NotFound, Refusal, Unauthenticated
 from sidecar.core.metrics import Metrics
 from sidecar.sources.presented import PresentedTokenSource
-from sidecar.tenancy.associations import Associations
+from sidecar.tenancy.associations import Association, Associations
 from sidecar.tenancy.grant import Grant
 from sidecar.tenancy.pod_tokens import PodIdentity
 
@@ -37,10 +38,6 @@ class PodVerifier(Protocol):
 
 #: Builds the refresher of a new identity from its role and token source.
 RefresherFactory = Callable[[RoleConfig, PresentedTokenSource, str], Refresher]
-
-
-def role_name(role_arn: str) -> str:
-    return role_arn.rsplit("/", 1)[-1]
 
 
 class PodTenancy:
@@ -160,7 +157,7 @@ class PodTenancy:
         return ready, body
 
 
-def _find(associations: Associations, subject: str) -> Any:
+def _find(associations: Associations, subject: str) -> Association | None:
     parts = subject.split(":")
     if len(parts) != 4:
         return None
