@@ -8,9 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # iproute2 and nftables: the network-namespace tests (link-local, node agent, DNAT recipes);
-# fish: the export-format test that sources the fish output.
+# fish: the export-format test that sources the fish output; catatonit: the pause binary
+# podman kube play builds its pod infra image from.
 packages=(podman buildah runc conmon netavark aardvark-dns iptables slirp4netns uidmap mmdebstrap
-  iproute2 nftables fish)
+  iproute2 nftables fish catatonit)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" \

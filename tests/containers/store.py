@@ -6,8 +6,10 @@ base image and buildah's layer cache make a warm run take seconds). What works o
 as root without a registry: runc (crun fails on cgroup v1 hybrid), ulimits under the hard
 limits (podman's root defaults are refused), netavark named explicitly, native overlay
 storage (vfs where the cache sits on overlayfs), a base made with mmdebstrap and imported.
-No test uses a bridge network (``none``, ``container:`` or ``host`` only), so no iptables
-chain or podman0 bridge is created.
+No test uses a bridge network in the machine's own namespace (``none``, ``container:`` or
+``host`` only), so no iptables chain or podman0 bridge is created there; the bridge-network
+build runs buildah inside a network namespace of its own (``inside``), where netavark's
+bridge, addresses and firewall rules go away with the namespace.
 
 ``python -m tests.containers.store`` prepares the store and the base image (``.ci/containers.sh``
 calls it, so its time is not counted inside a test).
@@ -25,7 +27,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,10 +135,18 @@ class Store:
         )
         return env
 
-    def run(self, tool: str, *args: str, timeout: float = 120, check: bool = True) -> Result:
-        """``tool args`` (podman or buildah) on this store; raises with its output if it fails."""
+    def run(
+        self,
+        tool: str,
+        *args: str,
+        timeout: float = 120,
+        check: bool = True,
+        inside: Sequence[str] = (),
+    ) -> Result:
+        """``tool args`` (podman or buildah) on this store; raises with its output if it fails.
+        ``inside``: a command prefix to run it under (``nsenter --net=...``)."""
         proc = subprocess.run(
-            [tool, *args],
+            [*inside, tool, *args],
             env=self.env,
             capture_output=True,
             text=True,
@@ -153,8 +163,10 @@ class Store:
     def podman(self, *args: str, timeout: float = 120, check: bool = True) -> Result:
         return self.run("podman", *args, timeout=timeout, check=check)
 
-    def buildah(self, *args: str, timeout: float = 300, check: bool = True) -> Result:
-        return self.run("buildah", *args, timeout=timeout, check=check)
+    def buildah(
+        self, *args: str, timeout: float = 300, check: bool = True, inside: Sequence[str] = ()
+    ) -> Result:
+        return self.run("buildah", *args, timeout=timeout, check=check, inside=inside)
 
     def run_once(self, *args: str, timeout: float = 60, check: bool = True) -> Result:
         """``podman run ARGS`` to completion: detached, then polled. podman 4.3's own
@@ -247,16 +259,19 @@ class Store:
         layers: bool = True,
         timeout: float = 600,
         check: bool = True,
+        network: str = "host",
+        inside: Sequence[str] = (),
     ) -> Result:
         """``buildah bud`` from the base image: docker format (keeps HEALTHCHECK), no pull,
-        host network (no bridge, no iptables chains), the host's CA bundle as a secret."""
+        host network unless told (no bridge, no iptables chains), the host's CA bundle as a
+        secret; ``inside`` a command prefix (a bridge network's namespace)."""
         args = [
             "bud",
             "--format",
             "docker",
             "--pull=never",
             "--network",
-            "host",
+            network,
             f"--layers={'true' if layers else 'false'}",
             "--force-rm",  # a failed build leaves no working container behind
             "--build-arg",
@@ -268,7 +283,9 @@ class Store:
         ]
         if CA_BUNDLE.is_file():
             args += ["--secret", f"id=ca-bundle,src={CA_BUNDLE}"]
-        return self.buildah(*args, *extra, str(context), timeout=timeout, check=check)
+        return self.buildah(
+            *args, *extra, str(context), timeout=timeout, check=check, inside=inside
+        )
 
 
 def unavailable_reason() -> str | None:
