@@ -292,10 +292,10 @@ async def _start(
     ``exec_directory``: exec's private directory (``load_config`` decides what goes there).
     """
     dev: DevEnvironment | None = None
-    if dev_requested(flags, environ):
-        dev = await stack.enter_async_context(dev_environment())
-    supplied = Supplied(dev=dev.supply() if dev else None, exec_directory=exec_directory)
     try:
+        if dev_requested(flags, environ):
+            dev = await stack.enter_async_context(dev_environment())
+        supplied = Supplied(dev=dev.supply() if dev else None, exec_directory=exec_directory)
         config = load_config(flags, environ, supplied)
     except ConfigError as exc:
         print(f"credential-sidecar: {exc}", file=sys.stderr)
@@ -559,9 +559,9 @@ async def run_node_agent(
         loop.add_signal_handler(signum, stop.set)
     async with contextlib.AsyncExitStack() as stack:
         cluster = None
-        if flags.get("dev") or environ.get("SIDECAR_NODE_DEV"):
-            cluster = await stack.enter_async_context(dev_cluster())
         try:
+            if flags.get("dev") or environ.get("SIDECAR_NODE_DEV"):
+                cluster = await stack.enter_async_context(dev_cluster())
             config = load_node_agent_config(
                 flags, environ, cluster.overrides() if cluster else None
             )

@@ -396,3 +396,17 @@ def test_secrets_inside_addresses_urls_and_paths_are_not_echoed(
     message = str(caught.value)
     for secret in (JWT, JWT.split(".")[1], "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY1234", "hunter2"):
         assert secret not in message
+
+
+def test_dev_mode_without_a_writable_temporary_directory_says_how_to_get_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A read-only container without a writable /tmp: a configuration error naming the fix,
+    never a traceback."""
+    import tempfile
+
+    from sidecar.devmode.environment import private_directory
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="writable temporary directory.*--tmpfs /tmp"):
+        private_directory("credential-sidecar-dev-")

@@ -20,6 +20,7 @@ from pathlib import Path
 from aiohttp import web
 
 from sidecar.config import DevSupply
+from sidecar.core.errors import ConfigError
 from sidecar.devmode.issuer import OidcIssuer
 from sidecar.devmode.sts_emulator import StsEmulator
 from sidecar.devmode.token_writer import ProjectedTokenWriter
@@ -97,9 +98,23 @@ async def serve_emulator(
         await runner.cleanup()
 
 
+def private_directory(prefix: str) -> tempfile.TemporaryDirectory[str]:
+    """Dev mode's 0700 directory, or a ``ConfigError`` saying how to give it one (a
+    read-only container has no writable /tmp)."""
+    try:
+        return tempfile.TemporaryDirectory(prefix=prefix)
+    except OSError as exc:
+        raise ConfigError(
+            [
+                f"dev mode needs a writable temporary directory ({exc.strerror or exc}): set "
+                "TMPDIR to one, or mount a tmpfs at /tmp (podman/docker run --tmpfs /tmp)"
+            ]
+        ) from None
+
+
 @contextlib.asynccontextmanager
 async def dev_environment(host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[DevEnvironment]:
-    with tempfile.TemporaryDirectory(prefix="credential-sidecar-dev-") as tmp:
+    with private_directory("credential-sidecar-dev-") as tmp:
         directory = Path(tmp)
         async with serve_emulator(host, port) as (base, issuer, emulator):
             writer = ProjectedTokenWriter(directory / "serviceaccount")

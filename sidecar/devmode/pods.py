@@ -9,7 +9,6 @@ answers on loopback, in dev mode).
 from __future__ import annotations
 
 import contextlib
-import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from sidecar.devmode.environment import DEV_REGION, serve_emulator
+from sidecar.devmode.environment import DEV_REGION, private_directory, serve_emulator
 from sidecar.devmode.issuer import OidcIssuer
 
 DEV_ASSOCIATIONS = """\
@@ -76,7 +75,7 @@ class DevCluster:
 
 @contextlib.asynccontextmanager
 async def dev_cluster() -> AsyncIterator[DevCluster]:
-    with tempfile.TemporaryDirectory(prefix="credential-sidecar-node-dev-") as tmp:
+    with private_directory("credential-sidecar-node-dev-") as tmp:
         associations = Path(tmp) / "associations.toml"
         associations.write_text(DEV_ASSOCIATIONS)
         async with serve_emulator(extra_routes=mint_route) as (base, issuer, _):
