@@ -408,5 +408,5 @@ def test_dev_mode_without_a_writable_temporary_directory_says_how_to_get_one(
     from sidecar.devmode.environment import private_directory
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
-    with pytest.raises(ConfigError, match="writable temporary directory.*--tmpfs /tmp"):
+    with pytest.raises(ConfigError, match=r"writable temporary directory.*--tmpfs /tmp"):
         private_directory("credential-sidecar-dev-")
