@@ -135,6 +135,9 @@ class Load:
     p99_ms: float
     requests: int
     failed: int
+    #: CPU time (user + system) of the server per request: steadier than requests/s on a
+    #: shared machine, where what wrk gets also depends on what else runs.
+    cpu_us: float = 0.0
 
 
 @dataclass
@@ -174,6 +177,21 @@ def wrk(url: str, token: str, seconds: float, connections: int) -> Load:
         int(number(r"(\d+) requests in")),
         failed,
     )
+
+
+def cpu_ticks(pid: int) -> int:
+    # Fields after the command name, which is in parentheses and may hold spaces.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime
+
+
+def measured(pid: int, url: str, token: str, seconds: float, connections: int) -> Load:
+    """``wrk`` against ``url``, with the CPU time process ``pid`` spent serving it."""
+    before = cpu_ticks(pid)
+    load = wrk(url, token, seconds, connections)
+    ticks = cpu_ticks(pid) - before
+    load.cpu_us = ticks / os.sysconf("SC_CLK_TCK") * 1e6 / max(1, load.requests)
+    return load
 
 
 def get(url: str, token: str | None = None, timeout: float = 2) -> tuple[int, bytes]:
@@ -308,6 +326,7 @@ class Bench:
                 process(reference) as ref,
                 process([nginx, "-c", str(conf), "-p", str(self.tmp)]) as ngx,
             ):
+                pids = {"sidecar": sidecar.pid, "aiohttp": ref.pid, "nginx": ngx.pid}
                 urls = {
                     "sidecar": url,
                     "aiohttp": f"http://127.0.0.1:{ref_port}/v1/credentials",
@@ -332,7 +351,9 @@ class Bench:
                     for _ in range(self.args.rounds):
                         for name, target in urls.items():
                             runs[name].append(
-                                wrk(target, self.token, self.args.seconds, connections)
+                                measured(
+                                    pids[name], target, self.token, self.args.seconds, connections
+                                )
                             )
                     loads[str(connections)] = runs
             self.growth(sidecar, url)
@@ -346,6 +367,7 @@ class Bench:
                     "rps": median([r.rps for r in name_runs]),
                     "p50_ms": median([r.p50_ms for r in name_runs]),
                     "p99_ms": median([r.p99_ms for r in name_runs]),
+                    "cpu_us": median([r.cpu_us for r in name_runs]),
                     "runs": [asdict(r) for r in name_runs],
                 }
                 for name, name_runs in by_name.items()
@@ -426,6 +448,15 @@ def rows(f: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                 f"aiohttp {a['rps']:,.0f}; nginx {n['rps']:,.0f}",
                 f"{ratio:.2f} of aiohttp; {s['rps'] / n['rps']:.2f} of nginx",
                 f">= 1.0 of aiohttp: {verdict(ratio >= 1.0)}",
+            )
+        )
+        out.append(
+            (
+                f"server CPU µs per request at {connections} conn.",
+                f"{s['cpu_us']:.0f}",
+                f"aiohttp {a['cpu_us']:.0f}; nginx {n['cpu_us']:.0f}",
+                f"{s['cpu_us'] / a['cpu_us']:.2f} of aiohttp",
+                "(what throughput follows from)",
             )
         )
         p99 = s["p99_ms"] / a["p99_ms"]
