@@ -6,8 +6,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
-#: Modules ``serve`` never uses: dev mode, the node agent, ``inspect``.
+#: Modules ``serve`` never uses: dev mode, the node agent, ``inspect``, and PyJWT with the
+#: ``cryptography`` it imports (``serve`` checks no signature).
 NOT_FOR_SERVE = (
+    "jwt",
+    "cryptography",
     "sidecar.devmode",
     "sidecar.node_agent",
     "sidecar.exchange.inspection",
@@ -17,10 +20,12 @@ NOT_FOR_SERVE = (
 
 
 def test_the_cli_imports_no_dev_mode_node_agent_or_inspect() -> None:
-    """Importing the CLI (what every ``serve`` does first) loads none of the modules only dev
-    mode, the node agent or ``inspect`` use."""
+    """Importing the CLI and the daemon and reading a token's claims (what every ``serve``
+    does) loads none of the modules only dev mode, the node agent or ``inspect`` use."""
     probe = (
         "import sys, sidecar.cli, sidecar.daemon\n"
+        "from sidecar.sources.base import audiences_of, inspect_token\n"
+        "audiences_of('e30.e30.c2ln')\n"
         f"print(' '.join(m for m in sys.modules if m.startswith({NOT_FOR_SERVE!r})))"
     )
     loaded = subprocess.run(
