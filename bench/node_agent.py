@@ -286,6 +286,8 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
             "--sts-rate", f"{args.sts_rate:g}",
             "--sts-burst", str(max(10, int(args.sts_rate // 10))),
             "--max-identities", str(max(10_000, n)),
+            # wrk's connections all come from 127.0.0.1; on a node each pod has its own.
+            "--max-connections-per-client", str(max(64, args.connections)),
             "--log-level", "warning",
         ]  # fmt: skip
         sidecar_argv = [

@@ -22,7 +22,7 @@ import urllib.request
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sidecar import __version__
 from sidecar.config import (
@@ -48,11 +48,7 @@ from sidecar.core.errors import (
     SidecarError,
 )
 from sidecar.daemon import Running, running_daemon
-from sidecar.devmode.environment import DEV_REGION, DevEnvironment, dev_environment
-from sidecar.devmode.pods import DevCluster, dev_cluster
-from sidecar.exchange.inspection import inspect
 from sidecar.logs import configure_logging
-from sidecar.node_agent import RunningAgent, add_listen_addresses, running_node_agent
 from sidecar.outputs.execute import ExecSignals, loopback_url, prepare_environment, wait_ready
 from sidecar.outputs.exports import FORMATS
 from sidecar.outputs.health import probe_ready
@@ -69,6 +65,13 @@ from sidecar.outputs.link_local import (
 )
 from sidecar.outputs.one_shot import check_url, emit, fetch_credentials, read_client_token
 from sidecar.tenancy.capability import RELATIVE_PREFIX
+
+if TYPE_CHECKING:
+    # Dev mode, the node agent and inspect are imported where they are used: `serve`
+    # starts faster and holds less memory without them (docs/benchmarks.md).
+    from sidecar.devmode.environment import DevEnvironment
+    from sidecar.devmode.pods import DevCluster
+    from sidecar.node_agent import RunningAgent
 
 _T = TypeVar("_T")
 EXIT_OK = 0
@@ -231,6 +234,8 @@ def _add_settings(parser: argparse.ArgumentParser, settings: Sequence[Setting]) 
 
 
 def dev_instructions(running: Running, dev: DevEnvironment) -> str:
+    from sidecar.devmode.environment import DEV_REGION
+
     lines = [
         "# credential-sidecar dev mode is serving credentials. In another shell:",
         "unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN AWS_PROFILE",
@@ -294,6 +299,8 @@ async def _start(
     dev: DevEnvironment | None = None
     try:
         if dev_requested(flags, environ):
+            from sidecar.devmode.environment import dev_environment
+
             dev = await stack.enter_async_context(dev_environment())
         supplied = Supplied(dev=dev.supply() if dev else None, exec_directory=exec_directory)
         config = load_config(flags, environ, supplied)
@@ -371,7 +378,7 @@ async def exec_child(
                     started.config,
                     Path(private),
                     dev_sts_url=started.dev.sts_url if started.dev else None,
-                    dev_region=DEV_REGION if started.dev else None,
+                    dev_region=_dev_region() if started.dev else None,
                 )
             except AuthTokenError as exc:
                 print(f"credential-sidecar: {exc}", file=sys.stderr)
@@ -446,6 +453,8 @@ async def exchange_once(
 async def inspect_token(
     flags: Mapping[str, str | None], environ: Mapping[str, str], policy: str | None
 ) -> int:
+    from sidecar.exchange.inspection import inspect
+
     try:
         report = await inspect(
             resolve_raw(flags, environ), environ, Path(policy) if policy else None
@@ -525,7 +534,15 @@ def _run(main: Coroutine[Any, Any, _T]) -> _T | int:
         return EXIT_FAILURE
 
 
+def _dev_region() -> str:
+    from sidecar.devmode.environment import DEV_REGION
+
+    return DEV_REGION
+
+
 def node_agent_instructions(agent: RunningAgent, cluster: DevCluster) -> str:
+    from sidecar.devmode.environment import DEV_REGION
+
     url = agent.urls[0]
     mint = (
         f"credential-sidecar dev-pod-token --issuer {cluster.issuer_url} "
@@ -553,6 +570,9 @@ def node_agent_instructions(agent: RunningAgent, cluster: DevCluster) -> str:
 async def run_node_agent(
     flags: Mapping[str, str | Sequence[str] | None], environ: Mapping[str, str]
 ) -> int:
+    from sidecar.devmode.pods import dev_cluster
+    from sidecar.node_agent import add_listen_addresses, running_node_agent
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

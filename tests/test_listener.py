@@ -184,6 +184,26 @@ async def test_keep_alive_client_is_served_repeatedly() -> None:
         writer.close()
 
 
+async def test_a_later_request_has_its_own_deadline() -> None:
+    """On a keep-alive connection the deadline of a request is counted from its own first
+    byte: the timer armed for an earlier, answered request does not cut it short, and it
+    is cut off once its own deadline passes."""
+    async with serving(idle_timeout=60, request_timeout=0.5) as served:
+        reader, writer = await served.connect()
+        writer.write(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+        status = await asyncio.wait_for(reader.readline(), CLIENT_TIMEOUT)
+        assert status.startswith(b"HTTP/1.1 200")
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), CLIENT_TIMEOUT)
+        await asyncio.wait_for(reader.readexactly(12), CLIENT_TIMEOUT)
+        await asyncio.sleep(0.3)
+        writer.write(b"GET /ok HT")  # half a request, 0.3 s into the first one's deadline
+        read = asyncio.ensure_future(reader.read())
+        await asyncio.sleep(0.35)  # past the first request's deadline, not this one's
+        assert not read.done()
+        assert await asyncio.wait_for(read, CLIENT_TIMEOUT) == b""
+        writer.close()
+
+
 async def test_client_that_does_not_read_is_aborted() -> None:
     """Pipelined requests whose answers are never read do not hold the connection."""
     async with serving(idle_timeout=60, request_timeout=0.3) as served:

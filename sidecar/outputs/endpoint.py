@@ -102,7 +102,10 @@ class CredentialsHandler:
                 )
             return answer(exc)
         request[ROLE] = grant.role
-        snap = await grant.refresher.wait_servable(self._cold_start_wait)
+        # The common case needs no coroutine: the wait is for a cold start only.
+        snap = grant.refresher.servable()
+        if snap is None:
+            snap = await grant.refresher.wait_servable(self._cold_start_wait)
         if snap is None:
             failure = grant.refresher.last_error
             return answer(

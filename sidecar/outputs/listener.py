@@ -138,14 +138,19 @@ def _rejection(exc: BaseException | None) -> tuple[int, str, str]:
 class GuardedHandler(web_protocol.RequestHandler):
     """aiohttp's connection handler with a request deadline, caps and quiet errors."""
 
-    __slots__ = ("_admitted", "_client", "_deadline", "_guard")
+    __slots__ = ("_admitted", "_client", "_deadline", "_guard", "_request_started")
 
     def __init__(self, manager: web.Server, *, guard: ListenerGuard, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._guard = guard
         self._client = "?"
         self._admitted = False
+        #: One timer per connection, not per request: it is armed for the first request,
+        #: and when it fires it looks at the request in progress (if any) and either closes
+        #: the connection or re-arms for that request's own deadline. A keep-alive client's
+        #: requests thus cost a float each, not a timer scheduled and cancelled.
         self._deadline: asyncio.TimerHandle | None = None
+        self._request_started: float | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -178,29 +183,45 @@ class GuardedHandler(web_protocol.RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         # The first byte of a request starts its deadline; an answer clears it.
-        if data and self._deadline is None and not self._force_close:
-            self._arm_deadline()
+        if data and self._request_started is None and not self._force_close:
+            self._start_request()
         super().data_received(data)
 
     async def finish_response(
         self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None
     ) -> tuple[web.StreamResponse, bool]:
         result = await super().finish_response(request, resp, start_time)
-        self._cancel_deadline()
+        self._request_started = None
         if self._messages:  # pipelined requests already parsed: each gets its own deadline
-            self._arm_deadline()
+            self._start_request()
         return result
 
-    def _arm_deadline(self) -> None:
-        self._deadline = self._loop.call_later(self._guard.limits.request_timeout, self._expired)
+    def _start_request(self) -> None:
+        self._request_started = now = self._loop.time()
+        if self._deadline is None:
+            self._deadline = self._loop.call_at(
+                now + self._guard.limits.request_timeout, self._check_deadline
+            )
 
     def _cancel_deadline(self) -> None:
+        self._request_started = None
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
 
+    def _check_deadline(self) -> None:
+        assert self._deadline is not None
+        armed_for, self._deadline = self._deadline.when(), None
+        if self._request_started is None:
+            return  # answered in time; the next request arms the timer again
+        due = self._request_started + self._guard.limits.request_timeout
+        if due > armed_for:  # a later request than the one the timer was armed for
+            self._deadline = self._loop.call_at(due, self._check_deadline)
+            return
+        self._expired()
+
     def _expired(self) -> None:
-        self._deadline = None
+        self._request_started = None
         transport = self.transport
         self.force_close()
         if transport is not None:

@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
-import jwt
-
 from sidecar.core.credentials import format_expiration
 from sidecar.core.errors import Disposition, TokenError, TokenExpiredError
 from sidecar.core.safe_read import MAX_INPUT_BYTES, size_text
+from sidecar.sources.unverified_jwt import unverified_claims
 
 #: The audience STS expects unless told otherwise (the IAM OIDC provider's client id).
 DEFAULT_AUDIENCE = "sts.amazonaws.com"
@@ -76,20 +75,12 @@ class TokenWatch(Protocol):
         ...
 
 
-def _unverified_claims(value: str) -> dict[str, Any]:
-    """The payload of JWT ``value``, nothing verified (raises ``jwt.PyJWTError``/``ValueError``)."""
-    claims: dict[str, Any] = jwt.decode(
-        value, options={"verify_signature": False, "verify_exp": False, "verify_aud": False}
-    )
-    return claims
-
-
 def audiences_of(value: str) -> tuple[str, ...] | None:
     """The audiences JWT ``value`` names (decoded, not verified); None if it is not a JWT
     with a well-formed ``aud``."""
     try:
-        return _audience_claim(_unverified_claims(value), "a JWT")
-    except (jwt.PyJWTError, ValueError, TokenError):
+        return _audience_claim(unverified_claims(value), "a JWT")
+    except (ValueError, TokenError):
         return None
 
 
@@ -102,8 +93,8 @@ def inspect_token(
     malformed token is a ``TokenError`` naming the claim, never a crash.
     """
     try:
-        payload = _unverified_claims(value)
-    except (jwt.PyJWTError, ValueError) as exc:
+        payload = unverified_claims(value)
+    except ValueError as exc:
         raise TokenError(
             f"{origin} does not hold a JWT ({exc}); it must contain an OIDC ID token "
             "(three base64url parts separated by dots)"
