@@ -80,6 +80,14 @@ class ImageScan:
             history=raw in self.history,
         )
 
+    def assert_clean(self, secrets: dict[str, str], canary: str) -> None:
+        """No secret anywhere in the image, while the build-arg canary is found everywhere a
+        build arg goes (so the scan is proven to see), and the step's output is there."""
+        leaks = {name: self.find(value) for name, value in secrets.items()}
+        assert not any(found.anywhere for found in leaks.values()), leaks
+        assert self.find(canary) == Found(layers=True, config=True, history=True)
+        assert self.find(DEV_ARN).layers  # the step's output, built-by.txt, made it in
+
 
 def dev_sts_endpoint(process: DaemonProcess) -> str:
     """The AWS_ENDPOINT_URL_STS line ``serve --dev`` prints."""
@@ -143,10 +151,7 @@ def test_build_step_signs_an_sts_call_and_leaves_no_credential_in_the_image(
             "secret access key": served["SecretAccessKey"],
             "session token": served["Token"],
         }
-        leaks = {name: scan.find(value) for name, value in secrets_served.items()}
-        assert not any(found.anywhere for found in leaks.values()), leaks
-        assert scan.find(canary) == Found(layers=True, config=True, history=True)
-        assert scan.find(DEV_ARN).layers  # the step's output, built-by.txt, made it in
+        scan.assert_clean(secrets_served, canary)
     finally:
         store.podman("rmi", "--force", tag, check=False)
 
