@@ -150,6 +150,8 @@ class Metrics:
         # labels() takes a lock and builds a key on every call; the request path is hot and
         # its label sets are few (routes x roles x statuses), so keep the children.
         self._request_children: dict[tuple[str, str, int], Any] = {}
+        #: Namespaces with an association (bounded by the associations file) x hit/miss.
+        self._lookup_children: dict[tuple[str, bool], Any] = {}
         self._roles = _RoleCollector()
         registry.register(self._roles)
 
@@ -158,6 +160,16 @@ class Metrics:
         child = self._request_children.get(key)
         if child is None:
             child = self._request_children[key] = self.requests.labels(route, role, str(status))
+        child.inc()
+
+    def count_lookup(self, namespace: str, hit: bool) -> None:
+        """A verified pod's request, found in the identity cache or not (the node agent's
+        hot path: the labelled child is kept, like ``count_request``'s)."""
+        key = (namespace, hit)
+        child = self._lookup_children.get(key)
+        if child is None:
+            result = "hit" if hit else "miss"
+            child = self._lookup_children[key] = self.identity_lookups.labels(namespace, result)
         child.inc()
 
     def watch_role(self, source: Callable[[], RoleStatus]) -> None:

@@ -120,7 +120,7 @@ class PodTenancy:
         key: IdentityKey = (pod.issuer, pod.subject, association.role)
         refresher = self._pool.get(key)
         if refresher is None:
-            self._metrics.identity_lookups.labels(pod.namespace, "miss").inc()
+            self._metrics.count_lookup(pod.namespace, hit=False)
             source = PresentedTokenSource(pod.subject, self._clock, association.role.token.audience)
             source.offer(pod.token, pod.expires_at)
             refresher = self._build(association.role, source, pod.namespace)
@@ -139,7 +139,7 @@ class PodTenancy:
                 },
             )
         else:
-            self._metrics.identity_lookups.labels(pod.namespace, "hit").inc()
+            self._metrics.count_lookup(pod.namespace, hit=True)
             self._sources[key].offer(pod.token, pod.expires_at)
         return Grant(refresher, role_name(association.role.role_arn), pod.subject)
 
