@@ -17,16 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 import urllib.request
 from dataclasses import dataclass
 
-from harness import REPO, dev_lines, free_port, process, serve_dev
+from harness import REPO, dev_lines, free_port, process, run_wrk, serve_dev
 
 REFERENCE = """
 import sys
@@ -66,23 +64,9 @@ def wait_http(url: str, token: str | None, timeout: float = 20) -> bytes:
 
 
 def wrk(url: str, token: str | None, seconds: int, connections: int) -> Result:
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url]
-    if token:
-        argv[1:1] = ["-H", f"Authorization: {token}"]
-    out = subprocess.run(
-        argv, capture_output=True, text=True, check=True, timeout=seconds + 30
-    ).stdout
-
-    def latency(label: str) -> float:
-        match = re.search(rf"{label}%\s+([\d.]+)(us|ms|s)", out)
-        if not match:
-            raise RuntimeError(f"no {label}th percentile in wrk output:\n{out}")
-        scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[match.group(2)]
-        return float(match.group(1)) * scale
-
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    return Result(rps, latency("50"), latency("99"), int(bad.group(1)) if bad else 0)
+    headers = ["-H", f"Authorization: {token}"] if token else []
+    run = run_wrk(url, seconds, connections, headers)
+    return Result(run.rps, run.p50_ms, run.p99_ms, run.non_2xx)
 
 
 def main() -> None:

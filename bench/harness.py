@@ -3,14 +3,16 @@ lines ``serve --dev`` prints for its clients."""
 
 from __future__ import annotations
 
+import re
 import shlex
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -81,3 +83,55 @@ def dev_lines(proc: subprocess.Popen[str], timeout: float = 30) -> dict[str, str
             lines[name] = value
     lines["token"] = Path(lines["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"]).read_text()
     return lines
+
+
+@dataclass(frozen=True)
+class WrkRun:
+    """What one ``wrk`` run reports."""
+
+    requests: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+    socket_errors: int
+
+
+def run_wrk(
+    url: str,
+    seconds: float,
+    connections: int,
+    options: Sequence[str] = (),
+    script_args: Sequence[str] = (),
+) -> WrkRun:
+    """``wrk`` with one thread against ``url`` (``options`` before it: headers, a Lua
+    script; ``script_args`` after ``--`` for the script), its output parsed."""
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", *options, url]
+    if script_args:
+        argv += ["--", *script_args]
+    out = subprocess.run(
+        argv, capture_output=True, text=True, check=True, timeout=seconds + 30
+    ).stdout
+
+    def number(pattern: str) -> str:
+        match = re.search(pattern, out)
+        if not match:
+            raise RuntimeError(f"{pattern!r} not in wrk's output:\n{out}")
+        return match.group(1)
+
+    def latency(label: str) -> float:
+        match = re.search(rf"{label}%\s+([\d.]+)(us|ms|s)\b", out)
+        if not match:
+            raise RuntimeError(f"no {label}th percentile in wrk's output:\n{out}")
+        return float(match.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[match.group(2)]
+
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return WrkRun(
+        requests=int(number(r"(\d+) requests in")),
+        rps=float(number(r"Requests/sec:\s+([\d.]+)")),
+        p50_ms=latency("50"),
+        p99_ms=latency("99"),
+        non_2xx=int(bad.group(1)) if bad else 0,
+        socket_errors=sum(int(n) for n in errors.groups()) if errors else 0,
+    )

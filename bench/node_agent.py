@@ -31,11 +31,9 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import select
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from harness import free_port, process
+from harness import free_port, process, run_wrk
 
 ACCOUNT = "123456789012"
 WEB_IDENTITY = "AssumeRoleWithWebIdentity"
@@ -183,29 +181,8 @@ async def present_all(url: str, tokens: list[str], concurrency: int, deadline: f
 
 
 def wrk(url: str, script: Path, lines: Path, seconds: int, connections: int) -> Load:
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script)]
-    argv += [url, "--", str(lines)]
-    out = subprocess.run(
-        argv, capture_output=True, text=True, check=True, timeout=seconds + 30
-    ).stdout
-
-    def latency(label: str) -> float:
-        match = re.search(rf"{label}%\s+([\d.]+)(us|ms|s)", out)
-        if not match:
-            raise RuntimeError(f"no {label}th percentile in wrk output:\n{out}")
-        scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[match.group(2)]
-        return float(match.group(1)) * scale
-
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    return Load(
-        rps,
-        latency("50"),
-        latency("99"),
-        int(bad.group(1)) if bad else 0,
-        sum(int(n) for n in errors.groups()) if errors else 0,
-    )
+    run = run_wrk(url, seconds, connections, ["-s", str(script)], [str(lines)])
+    return Load(run.rps, run.p50_ms, run.p99_ms, run.non_2xx, run.socket_errors)
 
 
 def associations(subjects: list[tuple[str, str]]) -> str:

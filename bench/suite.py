@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -48,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from harness import REPO, free_port, process
+from harness import REPO, free_port, process, run_wrk
 from node_agent import ACCOUNT, CLUSTER, rss_kib, sts_calls
 
 CONCURRENCY = (1, 50, 200)
@@ -147,36 +146,8 @@ class Start:
 
 
 def wrk(url: str, token: str, seconds: float, connections: int) -> Load:
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency"]
-    argv += ["-H", f"Authorization: {token}", url]
-    out = subprocess.run(
-        argv, capture_output=True, text=True, check=True, timeout=seconds + 30
-    ).stdout
-
-    def number(pattern: str) -> str:
-        match = re.search(pattern, out)
-        if not match:
-            raise RuntimeError(f"{pattern!r} not in wrk's output:\n{out}")
-        return match.group(1)
-
-    def latency(label: str) -> float:
-        match = re.search(rf"{label}%\s+([\d.]+)(us|ms|s)\b", out)
-        if not match:
-            raise RuntimeError(f"no {label}th percentile in wrk's output:\n{out}")
-        return float(match.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[match.group(2)]
-
-    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    failed = (int(bad.group(1)) if bad else 0) + (
-        sum(int(g) for g in errors.groups()) if errors else 0
-    )
-    return Load(
-        float(number(r"Requests/sec:\s+([\d.]+)")),
-        latency("50"),
-        latency("99"),
-        int(number(r"(\d+) requests in")),
-        failed,
-    )
+    run = run_wrk(url, seconds, connections, ["-H", f"Authorization: {token}"])
+    return Load(run.rps, run.p50_ms, run.p99_ms, run.requests, run.non_2xx + run.socket_errors)
 
 
 def cpu_ticks(pid: int) -> int:
