@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 # fish: the export-format test that sources the fish output; catatonit: the pause binary
 # podman kube play builds its pod infra image from.
 packages=(podman buildah runc conmon netavark aardvark-dns iptables slirp4netns uidmap mmdebstrap
-  iproute2 nftables fish catatonit)
+  iproute2 nftables fish jq catatonit)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" \
