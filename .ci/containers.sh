@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # iproute2 and nftables: the network-namespace tests (link-local, node agent, DNAT recipes);
-# fish: the export-format test that sources the fish output; catatonit: the pause binary
+# fish and jq: the export tests that read the fish and json outputs; catatonit: the pause binary
 # podman kube play builds its pod infra image from.
 packages=(podman buildah runc conmon netavark aardvark-dns iptables slirp4netns uidmap mmdebstrap
   iproute2 nftables fish jq catatonit)
