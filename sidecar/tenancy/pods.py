@@ -105,7 +105,6 @@ class PodTenancy:
             pod = await self._verifier.verify(authorization)
         except Refusal as exc:
             self._metrics.pod_token_refusals.labels(exc.reason).inc()
-            exc.log_event = exc.log_event or "pod_token_refused"
             raise
         association = self._associations().find(pod.namespace, pod.service_account)
         if association is None:
