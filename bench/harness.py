@@ -3,6 +3,7 @@ lines ``serve --dev`` prints for its clients."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import signal
@@ -135,3 +136,17 @@ def run_wrk(
         non_2xx=int(bad.group(1)) if bad else 0,
         socket_errors=sum(int(n) for n in errors.groups()) if errors else 0,
     )
+
+
+def cpu_ticks(pid: int) -> int:
+    """User + system CPU time of ``pid`` so far, in clock ticks."""
+    # Fields after the command name, which is in parentheses and may hold spaces.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime
+
+
+def cpu_us_per_request(pid: int, ticks_before: int, requests: int) -> float:
+    """The CPU time ``pid`` spent per request since ``ticks_before``: steadier than
+    requests/s on a shared machine, where what wrk gets also depends on what else runs."""
+    ticks = cpu_ticks(pid) - ticks_before
+    return ticks / os.sysconf("SC_CLK_TCK") * 1e6 / max(1, requests)

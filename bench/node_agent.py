@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from harness import free_port, process, run_wrk
+from harness import cpu_ticks, cpu_us_per_request, free_port, process, run_wrk
 
 ACCOUNT = "123456789012"
 WEB_IDENTITY = "AssumeRoleWithWebIdentity"
@@ -91,6 +91,8 @@ class Load:
     p99_ms: float
     non_2xx: int
     errors: int
+    #: The server's CPU time per request (see harness.cpu_us_per_request).
+    cpu_us: float
 
 
 @dataclass
@@ -109,15 +111,9 @@ def rss_kib(pid: int) -> int:
 
 def cpu_share(pid: int, seconds: float) -> float:
     """The share of one core ``pid`` used over the next ``seconds`` (user + system)."""
-
-    def ticks() -> int:
-        # Fields after the command name, which is in parentheses and may hold spaces.
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])  # utime, stime
-
-    before, started = ticks(), time.monotonic()
+    before, started = cpu_ticks(pid), time.monotonic()
     time.sleep(seconds)
-    used = (ticks() - before) / os.sysconf("SC_CLK_TCK")
+    used = (cpu_ticks(pid) - before) / os.sysconf("SC_CLK_TCK")
     return used / (time.monotonic() - started)
 
 
@@ -180,9 +176,12 @@ async def present_all(url: str, tokens: list[str], concurrency: int, deadline: f
     return retried
 
 
-def wrk(url: str, script: Path, lines: Path, seconds: int, connections: int) -> Load:
+def wrk(pid: int, url: str, script: Path, lines: Path, seconds: int, connections: int) -> Load:
+    """``wrk`` against ``url`` served by process ``pid``."""
+    before = cpu_ticks(pid)
     run = run_wrk(url, seconds, connections, ["-s", str(script)], [str(lines)])
-    return Load(run.rps, run.p50_ms, run.p99_ms, run.non_2xx, run.socket_errors)
+    cpu_us = cpu_us_per_request(pid, before, run.requests)
+    return Load(run.rps, run.p50_ms, run.p99_ms, run.non_2xx, run.socket_errors, cpu_us)
 
 
 def associations(subjects: list[tuple[str, str]]) -> str:
@@ -264,7 +263,9 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
             "--sts-burst", str(max(10, int(args.sts_rate // 10))),
             "--max-identities", str(max(10_000, n)),
             # wrk's connections all come from 127.0.0.1; on a node each pod has its own.
-            "--max-connections-per-client", str(max(64, args.connections)),
+            # Twice wrk's count: a connection wrk reopens can arrive before the agent has
+            # seen the old one close, and a cap of exactly --connections refused it (a 503).
+            "--max-connections-per-client", str(max(64, 2 * args.connections)),
             "--log-level", "warning",
         ]  # fmt: skip
         sidecar_argv = [
@@ -315,10 +316,18 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
                 agent_runs, sidecar_runs = [], []
                 for _ in range(args.rounds):
                     agent_runs.append(
-                        wrk(agent_url, script, tmp / "agent-tokens", args.seconds, args.connections)
+                        wrk(
+                            agent.pid,
+                            agent_url,
+                            script,
+                            tmp / "agent-tokens",
+                            args.seconds,
+                            args.connections,
+                        )
                     )
                     sidecar_runs.append(
                         wrk(
+                            sidecar.pid,
                             sidecar_url,
                             script,
                             tmp / "sidecar-tokens",
@@ -374,6 +383,8 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
         },
         "ratios": {
             "rps": median(agent_runs, "rps") / median(sidecar_runs, "rps"),
+            # Requests/s one core could serve, from the CPU time each request took.
+            "capacity": median(sidecar_runs, "cpu_us") / max(1e-9, median(agent_runs, "cpu_us")),
             "p99": median(agent_runs, "p99_ms") / median(sidecar_runs, "p99_ms"),
             "rss": rss_full / rss_sidecar,
         },
@@ -424,6 +435,10 @@ def print_table(
     print(
         f"| cache hits/s (median) | {median(agent_runs, 'rps'):.0f} | "
         f"{median(sidecar_runs, 'rps'):.0f} | {f['ratios']['rps']:.2f} |"
+    )
+    print(
+        f"| server CPU µs per request (median) | {median(agent_runs, 'cpu_us'):.1f} | "
+        f"{median(sidecar_runs, 'cpu_us'):.1f} | capacity {f['ratios']['capacity']:.2f} |"
     )
     print(
         f"| p50 ms | {median(agent_runs, 'p50_ms'):.2f} | {median(sidecar_runs, 'p50_ms'):.2f} | |"

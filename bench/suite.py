@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from harness import REPO, free_port, process, run_wrk
+from harness import REPO, cpu_ticks, cpu_us_per_request, free_port, process, run_wrk
 from node_agent import ACCOUNT, CLUSTER, rss_kib, sts_calls
 
 CONCURRENCY = (1, 50, 200)
@@ -150,18 +150,11 @@ def wrk(url: str, token: str, seconds: float, connections: int) -> Load:
     return Load(run.rps, run.p50_ms, run.p99_ms, run.requests, run.non_2xx + run.socket_errors)
 
 
-def cpu_ticks(pid: int) -> int:
-    # Fields after the command name, which is in parentheses and may hold spaces.
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime, stime
-
-
 def measured(pid: int, url: str, token: str, seconds: float, connections: int) -> Load:
     """``wrk`` against ``url``, with the CPU time process ``pid`` spent serving it."""
     before = cpu_ticks(pid)
     load = wrk(url, token, seconds, connections)
-    ticks = cpu_ticks(pid) - before
-    load.cpu_us = ticks / os.sysconf("SC_CLK_TCK") * 1e6 / max(1, load.requests)
+    load.cpu_us = cpu_us_per_request(pid, before, load.requests)
     return load
 
 

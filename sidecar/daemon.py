@@ -28,11 +28,11 @@ from sidecar.config import Config, config_warnings
 from sidecar.core.clock import Clock, SystemClock
 from sidecar.core.metrics import Metrics
 from sidecar.exchange.sts import StsClient
-from sidecar.outputs.capability import create_capability_app
-from sidecar.outputs.endpoint import CREDENTIALS_PATH, create_app
+from sidecar.outputs.capability import create_capability_router
+from sidecar.outputs.endpoint import CREDENTIALS_PATH, create_router
 from sidecar.outputs.file_sink import credentials_file_sink
 from sidecar.outputs.http import LogThrottle
-from sidecar.outputs.imds import create_imds_app
+from sidecar.outputs.imds import create_imds_router
 from sidecar.outputs.listener import AcceptErrorThrottle, ListenerGuard
 from sidecar.outputs.ratelimit import FailureLimiter
 from sidecar.outputs.serving import base_url, listen, listener_limits
@@ -143,7 +143,7 @@ async def running_daemon(
             if rate
             else None
         )
-        app = create_app(
+        router = create_router(
             tenancy,
             metrics,
             config.refresh.cold_start_wait,
@@ -161,7 +161,7 @@ async def running_daemon(
         stack.callback(accept_errors.uninstall)
         host, port = await listen(
             stack,
-            app,
+            router,
             config.server.host,
             config.server.port,
             "--listen",
@@ -171,7 +171,7 @@ async def running_daemon(
         imds_url = None
         if config.server.imds_host is not None and config.server.imds_role is not None:
             role = config.role_named(config.server.imds_role)
-            imds_app = create_imds_app(
+            imds_router = create_imds_router(
                 roles[role.name].refresher,
                 role.role_arn,
                 metrics,
@@ -182,7 +182,7 @@ async def running_daemon(
             )
             imds_host, imds_port = await listen(
                 stack,
-                imds_app,
+                imds_router,
                 config.server.imds_host,
                 config.server.imds_port,
                 "--imds-listen",
@@ -262,7 +262,7 @@ async def _serve_capabilities(
     tenancy = CapabilityTenancy(
         {name: CapabilityRole(refreshers[name], ids[name]) for name in refreshers}
     )
-    app = create_capability_app(
+    router = create_capability_router(
         tenancy,
         metrics,
         config.refresh.cold_start_wait,
@@ -272,7 +272,7 @@ async def _serve_capabilities(
     )
     host, port = await listen(
         stack,
-        app,
+        router,
         config.server.relative_host,
         config.server.relative_port,
         "--relative-listen",

@@ -33,7 +33,7 @@ from sidecar.core.errors import ListenError
 from sidecar.core.metrics import Metrics, worst_per_role
 from sidecar.exchange.rate_cap import StsRateCap
 from sidecar.exchange.sts import StsClient
-from sidecar.outputs.endpoint import CREDENTIALS_PATH, create_app
+from sidecar.outputs.endpoint import CREDENTIALS_PATH, create_router
 from sidecar.outputs.http import DEFAULT_REFUSAL_LOG_BUDGET, LogThrottle
 from sidecar.outputs.link_local import add_addresses
 from sidecar.outputs.listener import AcceptErrorThrottle, ListenerGuard
@@ -183,7 +183,7 @@ async def running_node_agent(
 
         refusals = LogThrottle(monotonic=clock.monotonic, budget=DEFAULT_REFUSAL_LOG_BUDGET)
         limiter = FailureLimiter(FAILED_REQUEST_RATE, FAILED_REQUEST_BURST, clock.monotonic)
-        app = create_app(
+        router = create_router(
             tenancy,
             metrics,
             config.request_wait,
@@ -201,7 +201,7 @@ async def running_node_agent(
         for host, port in config.listen:
             try:
                 bound = await listen(
-                    stack, app, host, port, "--listen", ListenerGuard(limits, "node-agent")
+                    stack, router, host, port, "--listen", ListenerGuard(limits, "node-agent")
                 )
             except ListenError as exc:
                 if _link_local(host):
@@ -222,7 +222,7 @@ async def running_node_agent(
             raise ListenError("could not listen on any --listen address")
         metrics_url = None
         if config.metrics_listen is not None:
-            observed = create_app(
+            observed = create_router(
                 tenancy,
                 metrics,
                 config.request_wait,

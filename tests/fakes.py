@@ -12,12 +12,15 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from aiohttp.test_utils import RawTestServer, TestClient
+from aiohttp.web_request import BaseRequest
 from prometheus_client import CollectorRegistry
 
 from sidecar.cache.refresher import Refresher
 from sidecar.config import RefreshPolicy
 from sidecar.core.credentials import Credentials
 from sidecar.core.metrics import Metrics
+from sidecar.outputs.router import Router
 from sidecar.sources.base import TokenSource, WebIdentityToken
 
 START_WALL = datetime(2026, 11, 21, 12, 0, 0, tzinfo=UTC)
@@ -180,3 +183,9 @@ def fake_role(script: Iterable[float | BaseException] = (3600,), name: str = "de
     )
     metrics.watch_role(refresher.status)
     return FakeRole(refresher, exchanger, clock, metrics)
+
+
+def client_of(router: Router) -> TestClient[BaseRequest, None]:
+    """A test client of a listener's router, served by aiohttp's low-level server on
+    127.0.0.1 as ``outputs.serving.listen`` serves it (without its connection guard)."""
+    return TestClient(RawTestServer(router, host="127.0.0.1"))

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
+from aiohttp.web_request import BaseRequest
 
 from sidecar.config import load_config
 from sidecar.core.errors import ConfigError
-from sidecar.outputs.capability import create_capability_app
+from sidecar.outputs.capability import create_capability_router
 from sidecar.outputs.http import LogThrottle
 from sidecar.outputs.ratelimit import FailureLimiter
 from sidecar.tenancy.auth_tokens import AuthToken
@@ -27,14 +27,14 @@ from sidecar.tenancy.capability import (
     load_ids,
     relative_uri,
 )
-from tests.fakes import FakeClock, FakeRole, fake_role, settle
+from tests.fakes import FakeClock, FakeRole, client_of, fake_role, settle
 
 ROLES = ("default", "deploy")
 
 
 @dataclass
 class Harness:
-    client: TestClient[web.Request, web.Application]
+    client: TestClient[BaseRequest, None]
     roles: dict[str, FakeRole]
     ids: dict[str, AuthToken]
     tasks: list[asyncio.Task[None]]
@@ -51,7 +51,7 @@ async def start(tmp_path: Path, limiter_burst: int | None = None) -> Harness:
     limiter = (
         FailureLimiter(1.0, limiter_burst, clock.monotonic) if limiter_burst is not None else None
     )
-    app = create_capability_app(
+    app = create_capability_router(
         tenancy,
         roles["default"].metrics,
         0.2,
@@ -59,7 +59,7 @@ async def start(tmp_path: Path, limiter_burst: int | None = None) -> Harness:
         audit=True,
         limiter=limiter,
     )
-    client = TestClient(TestServer(app, host="127.0.0.1"))
+    client = client_of(app)
     await client.start_server()
     tasks = [asyncio.create_task(r.refresher.run()) for r in roles.values()]
     await settle()

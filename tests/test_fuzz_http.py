@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 
 from sidecar.config.model import ListenerLimits
 from sidecar.logs import JsonFormatter, TextFormatter
-from sidecar.outputs.endpoint import create_app
-from sidecar.outputs.imds import create_imds_app
+from sidecar.outputs.endpoint import create_router
+from sidecar.outputs.imds import create_imds_router
 from sidecar.outputs.listener import ListenerGuard
 from sidecar.outputs.serving import listen
 from sidecar.tenancy.auth_tokens import AuthToken
@@ -113,10 +113,10 @@ class Listeners:
         token_path.write_text(AUTH_TOKEN)
         endpoint = StaticRole(refresher, AuthToken.from_file(token_path))
         apps = {
-            "credentials": create_app(
+            "credentials": create_router(
                 StaticTenancy({"default": endpoint}, "default"), metrics, 0.05
             ),
-            "imds": create_imds_app(refresher, ROLE_ARN, metrics, 0.05),
+            "imds": create_imds_router(refresher, ROLE_ARN, metrics, 0.05),
         }
         async with contextlib.AsyncExitStack() as stack:
             for name, app in apps.items():

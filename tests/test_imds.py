@@ -7,18 +7,18 @@ import json
 from collections.abc import AsyncIterator
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
+from aiohttp.web_request import BaseRequest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from sidecar.cache.refresher import Refresher
-from sidecar.outputs.imds import SessionTokens, create_imds_app
-from tests.fakes import FakeClock, fake_role, settle
+from sidecar.outputs.imds import SessionTokens, create_imds_router
+from tests.fakes import FakeClock, client_of, fake_role, settle
 
 ROLE = "arn:aws:iam::123456789012:role/path/build-role"
 TTL = {"X-aws-ec2-metadata-token-ttl-seconds": "21600"}
-Client = TestClient[web.Request, web.Application]
+Client = TestClient[BaseRequest, None]
 
 
 @pytest.fixture
@@ -27,9 +27,7 @@ async def imds() -> AsyncIterator[tuple[Client, Refresher]]:
     refresher, metrics = role.refresher, role.metrics
     task = asyncio.create_task(refresher.run())
     await settle()
-    client = TestClient(
-        TestServer(create_imds_app(refresher, ROLE, metrics, 0.2), host="127.0.0.1")
-    )
+    client = client_of(create_imds_router(refresher, ROLE, metrics, 0.2))
     await client.start_server()
     yield client, refresher
     task.cancel()

@@ -7,23 +7,23 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import RawTestServer, TestClient
+from aiohttp.web_request import BaseRequest
 
 from sidecar.cache.refresher import Refresher
 from sidecar.config import config_warnings, load_config
 from sidecar.config.settings import is_local_address
 from sidecar.core.errors import ConfigError
 from sidecar.core.metrics import Metrics
-from sidecar.outputs.endpoint import create_app
-from sidecar.outputs.imds import create_imds_app
+from sidecar.outputs.endpoint import create_router
+from sidecar.outputs.imds import create_imds_router
 from sidecar.outputs.rebinding import host_allowed
 from sidecar.tenancy.static import StaticRole, StaticTenancy
-from tests.fakes import fake_role, settle
+from tests.fakes import client_of, fake_role, settle
 
 ROLE = "arn:aws:iam::123456789012:role/build"
 TTL = {"X-aws-ec2-metadata-token-ttl-seconds": "60"}
-Client = TestClient[web.Request, web.Application]
+Client = TestClient[BaseRequest, None]
 OVERRIDE = "insecure_allow_unauthenticated_network_listener"
 
 
@@ -37,9 +37,7 @@ async def _refresher() -> tuple[Refresher, Metrics, asyncio.Task[None]]:
 @pytest.fixture
 async def imds() -> AsyncIterator[Client]:
     refresher, metrics, task = await _refresher()
-    client = TestClient(
-        TestServer(create_imds_app(refresher, ROLE, metrics, 0.2), host="127.0.0.1")
-    )
+    client = client_of(create_imds_router(refresher, ROLE, metrics, 0.2))
     await client.start_server()
     yield client
     task.cancel()
@@ -49,13 +47,13 @@ async def imds() -> AsyncIterator[Client]:
 @pytest.fixture
 async def no_auth() -> AsyncIterator[Client]:
     refresher, metrics, task = await _refresher()
-    app = create_app(
+    app = create_router(
         StaticTenancy({"default": StaticRole(refresher, None)}, "default"),
         metrics,
         0.2,
         check_host=True,
     )
-    client = TestClient(TestServer(app, host="127.0.0.1"))
+    client = client_of(app)
     await client.start_server()
     yield client
     task.cancel()
@@ -93,7 +91,7 @@ async def test_imds_accepts_a_request_without_host() -> None:
     """A request with no Host header passes the check (aiohttp's parser itself insists on
     Host for HTTP/1.1, so this is HTTP/1.0)."""
     refresher, metrics, task = await _refresher()
-    server = TestServer(create_imds_app(refresher, ROLE, metrics, 0.2), host="127.0.0.1")
+    server = RawTestServer(create_imds_router(refresher, ROLE, metrics, 0.2), host="127.0.0.1")
     await server.start_server()
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from aiohttp.web_request import BaseRequest
 
 from sidecar.config import load_config
 from sidecar.config.model import ListenerLimits
@@ -24,6 +25,7 @@ from sidecar.core import fdlimit
 from sidecar.core.errors import ConfigError
 from sidecar.core.fdlimit import raise_open_file_limit
 from sidecar.logs import JsonFormatter, TextFormatter
+from sidecar.outputs.http import LogThrottle
 from sidecar.outputs.listener import (
     ACCEPT_ERROR,
     AcceptErrorThrottle,
@@ -31,8 +33,9 @@ from sidecar.outputs.listener import (
     ListenerGuard,
     fit_to_fd_limit,
 )
+from sidecar.outputs.router import Router
 from sidecar.outputs.serving import listen
-from tests.fakes import FakeClock
+from tests.fakes import FakeClock, fake_role
 
 SECRET = "s3cret-auth-token-0123456789abcdef"
 #: Generous bound for "the server closed it": far above the limits used here.
@@ -107,11 +110,11 @@ async def closed_by_server(reader: asyncio.StreamReader) -> bytes:
 
 @contextlib.asynccontextmanager
 async def serving(**limits: float) -> AsyncIterator[Served]:
-    async def ok(_: web.Request) -> web.Response:
+    async def ok(_: BaseRequest, __: str | None) -> web.StreamResponse:
         return web.json_response({"ok": True})
 
-    app = web.Application()
-    app.router.add_get("/ok", ok)
+    app = Router(fake_role().metrics, LogThrottle())
+    app.add("GET", "/ok", ok)
     guard = ListenerGuard(ListenerLimits(**limits))  # type: ignore[arg-type]
     async with contextlib.AsyncExitStack() as stack:
         _, port = await listen(stack, app, "127.0.0.1", 0, "--listen", guard)
@@ -298,11 +301,11 @@ async def test_malformed_request_gets_json_and_one_quiet_line(
 async def test_handler_crash_is_json_500_without_the_exception_text(captured: Captured) -> None:
     """A bug in a handler is a JSON 500; the log keeps the frames but not the message."""
 
-    async def broken(request: web.Request) -> web.Response:
+    async def broken(request: BaseRequest, _: str | None) -> web.StreamResponse:
         raise ValueError(request.headers["Authorization"])
 
-    app = web.Application()
-    app.router.add_get("/broken", broken)
+    app = Router(fake_role().metrics, LogThrottle())
+    app.add("GET", "/broken", broken)
     async with contextlib.AsyncExitStack() as stack:
         guard = ListenerGuard(ListenerLimits())
         _, port = await listen(stack, app, "127.0.0.1", 0, "--listen", guard)

@@ -10,16 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
+from aiohttp.web_request import BaseRequest
 
 from sidecar.config.model import ServerConfig
-from sidecar.outputs.endpoint import create_app
+from sidecar.outputs.endpoint import create_router
 from sidecar.outputs.http import LogThrottle, log_refusal
 from sidecar.outputs.ratelimit import FailureLimiter
 from sidecar.tenancy.auth_tokens import AuthToken
 from sidecar.tenancy.static import StaticRole, StaticTenancy
-from tests.fakes import FakeClock, FakeExchanger, fake_role, settle
+from tests.fakes import FakeClock, FakeExchanger, client_of, fake_role, settle
 
 TOKEN = "t0ken-for-tests-0123456789abcdef"
 DEFAULTS = ServerConfig("127.0.0.1", 0, None, False)
@@ -112,7 +112,7 @@ async def test_defaults_never_limit_sdk_retry_bursts() -> None:
 
 @dataclass
 class Served:
-    client: TestClient[web.Request, web.Application]
+    client: TestClient[BaseRequest, None]
     clock: FakeClock
     exchanger: FakeExchanger
     task: asyncio.Task[None]
@@ -125,14 +125,14 @@ async def serve(
     clock, metrics, refresher, exchanger = role.clock, role.metrics, role.refresher, role.exchanger
     (tmp_path / "auth").write_text(TOKEN)
     endpoint = StaticRole(refresher, AuthToken.from_file(tmp_path / "auth"))
-    app = create_app(
+    app = create_router(
         StaticTenancy({"default": endpoint}, "default"),
         metrics,
         cold_start_wait,
         limiter=FailureLimiter(limiter_rate, burst, clock.monotonic),
         refusals=LogThrottle(monotonic=clock.monotonic, budget=60),
     )
-    client = TestClient(TestServer(app, host="127.0.0.1"))
+    client = client_of(app)
     await client.start_server()
     return Served(client, clock, exchanger, asyncio.create_task(refresher.run()))
 

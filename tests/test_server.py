@@ -9,23 +9,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
+from aiohttp.web_request import BaseRequest
 
 from sidecar.cache.refresher import Refresher
 from sidecar.core.errors import Disposition, StsError
-from sidecar.outputs.endpoint import create_app
+from sidecar.outputs.endpoint import create_router
 from sidecar.outputs.http import LogThrottle
 from sidecar.tenancy.auth_tokens import AuthToken
 from sidecar.tenancy.static import StaticRole, StaticTenancy
-from tests.fakes import FakeClock, FakeExchanger, fake_role, settle
+from tests.fakes import FakeClock, FakeExchanger, client_of, fake_role, settle
 
 TOKEN = "t0ken-for-tests-0123456789abcdef"
 
 
 @dataclass
 class Harness:
-    client: TestClient[web.Request, web.Application]
+    client: TestClient[BaseRequest, None]
     refresher: Refresher
     exchanger: FakeExchanger
     clock: FakeClock
@@ -43,8 +43,8 @@ async def harness(
     token_path = tmp_path / "auth"
     token_path.write_text(TOKEN)
     endpoint = StaticRole(refresher, AuthToken.from_file(token_path) if auth else None)
-    app = create_app(StaticTenancy({"default": endpoint}, "default"), metrics, cold_start_wait)
-    client = TestClient(TestServer(app, host="127.0.0.1"))
+    app = create_router(StaticTenancy({"default": endpoint}, "default"), metrics, cold_start_wait)
+    client = client_of(app)
     await client.start_server()
     return Harness(client, refresher, exchanger, clock, asyncio.create_task(refresher.run()))
 
@@ -166,13 +166,16 @@ async def test_health_and_readiness(ready: Harness) -> None:
 
 
 async def test_unknown_paths_and_methods_are_json(ready: Harness) -> None:
-    """404 and 405 are JSON too, and nothing redirects."""
-    missing = await ready.client.get("/v1/credentials/", allow_redirects=False)
-    assert missing.status == 404
-    assert (await missing.json())["Code"] == "NotFound"
+    """404 and 405 are JSON too, a 405 names the method to use, and nothing redirects."""
+    for path in ("/v1/credentials/", "/v1/credentials/default/", "/v1/credentials/a/b", "/x"):
+        missing = await ready.client.get(path, allow_redirects=False)
+        assert missing.status == 404, path
+        assert (await missing.json())["Code"] == "NotFound"
     wrong = await ready.client.post("/v1/credentials", headers={"Authorization": TOKEN})
     assert wrong.status == 405
     assert wrong.headers["Content-Type"] == "application/json"
+    assert wrong.headers["Allow"] == "GET"
+    assert (await wrong.json())["Code"] == "MethodNotAllowed"
 
 
 async def test_metrics(ready: Harness) -> None:
@@ -239,8 +242,9 @@ async def test_audit_line_keeps_only_the_start_of_a_user_agent(
     await settle()
     (tmp_path / "auth").write_text(TOKEN)
     endpoint = StaticRole(role.refresher, AuthToken.from_file(tmp_path / "auth"))
-    app = create_app(StaticTenancy({"default": endpoint}, "default"), role.metrics, 0.2, audit=True)
-    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+    tenancy = StaticTenancy({"default": endpoint}, "default")
+    app = create_router(tenancy, role.metrics, 0.2, audit=True)
+    async with client_of(app) as client:
         headers = {"Authorization": TOKEN, "User-Agent": "aws-sdk/1 " + "x" * 4000}
         caplog.set_level("INFO", logger="sidecar.outputs.endpoint")
         response = await client.get("/v1/credentials", headers=headers)

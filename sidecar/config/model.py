@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Final, Literal, get_args
 
@@ -41,6 +41,15 @@ class RoleConfig:
     auth_token_file: Path | None = None
     allowed_accounts: tuple[str, ...] = ()
     default_session_name: str = "credential-sidecar"
+
+    def __hash__(self) -> int:
+        # The node agent's identity keys hash their role on every request: once is enough
+        # for a frozen value (dataclass keeps an explicit __hash__; __eq__ stays by fields).
+        cached: int | None = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash(tuple(getattr(self, f.name) for f in fields(self)))
+            object.__setattr__(self, "_hash", cached)
+        return cached
 
     @property
     def role_arn(self) -> str:

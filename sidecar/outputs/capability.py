@@ -12,53 +12,30 @@ browser sends the name it resolved, and an IP literal is no name.
 
 from __future__ import annotations
 
-from aiohttp import web
-
 from sidecar.config.load import RELATIVE_URI_HOST
 from sidecar.core.metrics import Metrics
 from sidecar.outputs.endpoint import CredentialsHandler
-from sidecar.outputs.http import (
-    LIMITER,
-    METRICS,
-    REFUSAL_LOG,
-    Handler,
-    LogThrottle,
-    json_errors_and_metrics,
-)
+from sidecar.outputs.http import LogThrottle
 from sidecar.outputs.ratelimit import FailureLimiter
-from sidecar.outputs.rebinding import refuse_rebinding
+from sidecar.outputs.rebinding import RebindingGuard
+from sidecar.outputs.router import Router
 from sidecar.tenancy.capability import RELATIVE_PREFIX, CapabilityTenancy
 
 #: The ``Host`` values an SDK sends for ``http://169.254.170.2`` + RELATIVE_URI.
 ECS_HOSTS = (RELATIVE_URI_HOST, f"{RELATIVE_URI_HOST}:80")
 
 
-@web.middleware
-async def refuse_rebinding_but_ecs_address(
-    request: web.Request, handler: Handler
-) -> web.StreamResponse:
-    hosts = request.headers.getall("Host", [])
-    if "Origin" not in request.headers and len(hosts) == 1 and hosts[0].strip() in ECS_HOSTS:
-        return await handler(request)
-    return await refuse_rebinding(request, handler)
-
-
-def create_capability_app(
+def create_capability_router(
     tenancy: CapabilityTenancy,
     metrics: Metrics,
     cold_start_wait: float,
     refusals: LogThrottle,
     audit: bool = False,
     limiter: FailureLimiter | None = None,
-) -> web.Application:
-    """The ``--relative-listen`` app; pass the limiter and refusal log every listener shares."""
-    app = web.Application(middlewares=[json_errors_and_metrics, refuse_rebinding_but_ecs_address])
-    app[METRICS] = metrics
-    app[REFUSAL_LOG] = refusals
-    if limiter is not None:
-        app[LIMITER] = limiter
-    handler = CredentialsHandler(
-        tenancy, cold_start_wait, audit, refusals, path_param="id", secret_path=True
-    )
-    app.router.add_get(RELATIVE_PREFIX + "{id}", handler.handle, allow_head=False)
-    return app
+) -> Router:
+    """The ``--relative-listen`` routes; pass the limiter and refusal log every listener
+    shares."""
+    router = Router(metrics, refusals, limiter, RebindingGuard(refusals, also_hosts=ECS_HOSTS))
+    handler = CredentialsHandler(tenancy, cold_start_wait, audit, refusals, secret_path=True)
+    router.add_prefix("GET", RELATIVE_PREFIX, "id", handler.handle)
+    return router

@@ -12,27 +12,25 @@ import json
 import logging
 
 from aiohttp import web
+from aiohttp.web_request import BaseRequest
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sidecar.cache.refresher import Snapshot
 from sidecar.core.credentials import Credentials, format_expiration, mask_key_id
-from sidecar.core.errors import NotFound, Refusal, Unavailable
+from sidecar.core.errors import Refusal, Unavailable
 from sidecar.core.metrics import Metrics
 from sidecar.outputs.http import (
     DEFAULT_REFUSAL_LOG_BUDGET,
     JSON,
-    LIMITER,
-    METRICS,
     NO_STORE,
-    REFUSAL_LOG,
     ROLE,
     LogThrottle,
     answer,
-    json_errors_and_metrics,
     log_refusal,
 )
 from sidecar.outputs.ratelimit import FailureLimiter
-from sidecar.outputs.rendered import Rendered
+from sidecar.outputs.rendered import Rendered, Wire, respond
+from sidecar.outputs.router import Guard, Router
 from sidecar.tenancy.grant import Tenancy
 
 log = logging.getLogger(__name__)
@@ -63,9 +61,8 @@ def render_container_json(creds: Credentials) -> bytes:
 class CredentialsHandler:
     """``GET /v1/credentials[/<role>]``: the granted identity's snapshot, or a JSON error.
 
-    ``path_param`` names the route variable handed to the tenancy as the role asked for;
-    ``secret_path`` (the capability endpoint, whose path holds an id) keeps its value out
-    of the refusal log.
+    The route's path segment is handed to the tenancy as the role asked for; ``secret_path``
+    (the capability endpoint, whose path holds an id) keeps its value out of the refusal log.
     """
 
     def __init__(
@@ -74,19 +71,18 @@ class CredentialsHandler:
         cold_start_wait: float,
         audit: bool = False,
         refusals: LogThrottle | None = None,
-        path_param: str = "role",
         secret_path: bool = False,
     ) -> None:
         self._tenancy = tenancy
-        self._path_param = path_param
         self._secret_path = secret_path
         self._cold_start_wait = cold_start_wait
         self._audit = audit
         self._throttle = refusals or LogThrottle(budget=DEFAULT_REFUSAL_LOG_BUDGET)
-        self._body = Rendered(lambda snap: render_container_json(snap.credentials))
+        self._answer = Rendered(
+            lambda snap: Wire.ok(render_container_json(snap.credentials), JSON, NO_STORE)
+        )
 
-    async def handle(self, request: web.Request) -> web.Response:
-        asked = request.match_info.get(self._path_param)
+    async def handle(self, request: BaseRequest, asked: str | None) -> web.StreamResponse:
         try:
             grant = await self._tenancy.grant(asked, request.headers.get("Authorization"))
         except Refusal as exc:
@@ -117,10 +113,10 @@ class CredentialsHandler:
             )
         if self._audit:
             self._audit_line(request, grant.role, grant.subject, snap)
-        return web.Response(body=self._body(snap), content_type=JSON, headers=NO_STORE)
+        return respond(request, self._answer(snap))
 
     @staticmethod
-    def _audit_line(request: web.Request, role: str, subject: str | None, snap: Snapshot) -> None:
+    def _audit_line(request: BaseRequest, role: str, subject: str | None, snap: Snapshot) -> None:
         log.info(
             "served credentials of role %s",
             role,
@@ -137,7 +133,7 @@ class CredentialsHandler:
         )
 
 
-def create_app(
+def create_router(
     tenancy: Tenancy,
     metrics: Metrics,
     cold_start_wait: float,
@@ -147,45 +143,40 @@ def create_app(
     check_host: bool = False,
     credentials: bool = True,
     metrics_route: bool = True,
-) -> web.Application:
-    """The credentials listener's app; ``limiter`` answers 429 to clients failing too often,
-    ``refusals`` throttles the refusal log (pass the same ones to every listener);
+) -> Router:
+    """The credentials listener's routes; ``limiter`` answers 429 to clients failing too
+    often, ``refusals`` throttles the refusal log (pass the same ones to every listener);
     ``check_host`` (for listeners without client auth) refuses DNS-rebinding requests.
     ``credentials``/``metrics_route`` choose what it serves besides health and readiness:
     the node agent gives pods no ``/metrics`` (it names other tenants' namespaces, roles
     and errors) and Prometheus a listener of its own without credentials."""
-    from sidecar.outputs.rebinding import refuse_rebinding  # it builds on outputs.http
-
-    guards = [refuse_rebinding] if check_host else []
-    app = web.Application(middlewares=[json_errors_and_metrics, *guards])
-    app[METRICS] = metrics
     refusals = refusals or LogThrottle(budget=DEFAULT_REFUSAL_LOG_BUDGET)
-    app[REFUSAL_LOG] = refusals
-    if limiter is not None:
-        app[LIMITER] = limiter
+    guard: Guard | None = None
+    if check_host:
+        from sidecar.outputs.rebinding import RebindingGuard  # only listeners without auth
 
-    async def healthz(_: web.Request) -> web.Response:
+        guard = RebindingGuard(refusals)
+    router = Router(metrics, refusals, limiter, guard)
+
+    async def healthz(_: BaseRequest, __: str | None) -> web.StreamResponse:
         return web.json_response({"status": "ok"})
 
-    async def readyz(request: web.Request) -> web.Response:
-        try:
-            ready, body = tenancy.readiness(request.match_info.get("role"))
-        except NotFound as exc:
-            return answer(exc)
+    async def readyz(_: BaseRequest, role: str | None) -> web.StreamResponse:
+        ready, body = tenancy.readiness(role)  # an unknown role: NotFound, a JSON 404
         return web.json_response(body, status=200 if ready else 503)
 
-    async def metrics_view(_: web.Request) -> web.Response:
+    async def metrics_view(_: BaseRequest, __: str | None) -> web.StreamResponse:
         response = web.Response(body=generate_latest(metrics.registry))
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response
 
     if credentials:
         handle = CredentialsHandler(tenancy, cold_start_wait, audit, refusals).handle
-        app.router.add_get(CREDENTIALS_PATH, handle, allow_head=False)
-        app.router.add_get(CREDENTIALS_PATH + "/{role}", handle, allow_head=False)
-    app.router.add_get("/healthz", healthz, allow_head=False)
-    app.router.add_get("/readyz", readyz, allow_head=False)
-    app.router.add_get("/readyz/{role}", readyz, allow_head=False)
+        router.add("GET", CREDENTIALS_PATH, handle)
+        router.add_prefix("GET", CREDENTIALS_PATH + "/", "role", handle)
+    router.add("GET", "/healthz", healthz)
+    router.add("GET", "/readyz", readyz)
+    router.add_prefix("GET", "/readyz/", "role", readyz)
     if metrics_route:
-        app.router.add_get("/metrics", metrics_view, allow_head=False)
-    return app
+        router.add("GET", "/metrics", metrics_view)
+    return router

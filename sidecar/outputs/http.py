@@ -1,5 +1,4 @@
-"""What every HTTP listener shares: JSON errors, request metrics, the refusal log and
-the per-client limit on failing requests.
+"""What every HTTP listener shares: JSON errors and the refusal log.
 
 Every error is JSON with both spellings of its keys, because Go and Java read
 ``code``/``message`` and the JavaScript SDK reads ``Code``/``Message``.
@@ -11,27 +10,21 @@ import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from aiohttp import web
 
-from sidecar.core.errors import Refusal, SidecarError
-from sidecar.core.metrics import Metrics
-from sidecar.outputs.ratelimit import FailureLimiter
+from sidecar.core.errors import SidecarError
 
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
 NO_STORE = {"Cache-Control": "no-store"}
 
-METRICS = web.AppKey("metrics", Metrics)
-LIMITER = web.AppKey("limiter", FailureLimiter)
 #: Refusal log lines per minute over all clients (``--refusal-log-budget``).
 DEFAULT_REFUSAL_LOG_BUDGET = 60
+#: The role a request is counted under in metrics, set by the handler that knows it.
 ROLE: web.RequestKey[str] = web.RequestKey("role", str)
-#: The route a request is counted under, where the app routes it itself (IMDS).
-ROUTE: web.RequestKey[str] = web.RequestKey("route", str)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def error_response(
@@ -51,26 +44,6 @@ def answer(error: SidecarError) -> web.Response:
     return error_response(
         error.status, error.json_code, str(error), getattr(error, "headers", None) or None
     )
-
-
-@web.middleware
-async def json_errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        response = await handler(request)
-    except Refusal as exc:
-        # Handlers raise refusals; each carries its own status, code and headers.
-        response = answer(exc)
-    except web.HTTPException as exc:
-        # aiohttp's own 404/405: answer in JSON like everything else, never redirect.
-        response = error_response(exc.status, exc.reason.replace(" ", ""), exc.reason)
-    limiter = request.app.get(LIMITER)
-    if limiter is not None and 400 <= response.status < 500:
-        response = _rate_limited(request, limiter) or response
-    resource = request.match_info.route.resource
-    route = request.get(ROUTE) or (resource.canonical if resource is not None else "unmatched")
-    role = request.get(ROLE, "")
-    request.app[METRICS].count_request(route, role, response.status)
-    return response
 
 
 class LogThrottle:
@@ -125,9 +98,6 @@ class LogThrottle:
         return dropped
 
 
-REFUSAL_LOG = web.AppKey("refusal_log", LogThrottle)
-
-
 def log_refusal(
     throttle: LogThrottle, event: str, message: str, remote: str, **fields: object
 ) -> None:
@@ -145,25 +115,3 @@ def log_refusal(
             message,
             extra={"event": event, **fields, "remote": remote, "suppressed_since_last": suppressed},
         )
-
-
-def _rate_limited(request: web.Request, limiter: FailureLimiter) -> web.Response | None:
-    """A 429 for a failing request once its client has no tokens left, else None."""
-    remote = request.remote or "?"
-    wait = limiter.charge(remote)
-    if wait is None:
-        return None
-    refusals = request.app.get(REFUSAL_LOG)
-    if refusals is not None:
-        log_refusal(
-            refusals, "rate_limited", "refused requests from a client failing too often", remote
-        )
-    retry_after = max(1, math.ceil(wait))
-    return error_response(
-        429,
-        "TooManyRequests",
-        f"too many failed requests from {remote} (more than {limiter.burst} at once or "
-        f"{limiter.rate:g} per second); retry after {retry_after} s. Requests with the right "
-        "auth token are still served",
-        headers={"Retry-After": str(retry_after)},
-    )

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import functools
 import hashlib
 import hmac
 import json
@@ -36,33 +35,17 @@ import time
 from collections.abc import Callable
 
 from aiohttp import web
+from aiohttp.web_request import BaseRequest
 
 from sidecar.cache.refresher import Refresher, Snapshot
 from sidecar.core.credentials import format_expiration, role_name
-from sidecar.core.errors import (
-    BadRequest,
-    Forbidden,
-    MethodNotAllowed,
-    NotFound,
-    Unauthenticated,
-    Unavailable,
-)
+from sidecar.core.errors import BadRequest, Forbidden, NotFound, Unauthenticated, Unavailable
 from sidecar.core.metrics import Metrics
-from sidecar.outputs.http import (
-    DEFAULT_REFUSAL_LOG_BUDGET,
-    LIMITER,
-    METRICS,
-    NO_STORE,
-    REFUSAL_LOG,
-    ROLE,
-    ROUTE,
-    Handler,
-    LogThrottle,
-    json_errors_and_metrics,
-)
+from sidecar.outputs.http import DEFAULT_REFUSAL_LOG_BUDGET, JSON, NO_STORE, ROLE, LogThrottle
 from sidecar.outputs.ratelimit import FailureLimiter
-from sidecar.outputs.rebinding import refuse_rebinding
-from sidecar.outputs.rendered import Rendered
+from sidecar.outputs.rebinding import RebindingGuard
+from sidecar.outputs.rendered import Rendered, Wire, respond
+from sidecar.outputs.router import Router
 
 TOKEN_PATH = "/latest/api/token"  # noqa: S105 - a path, not a password
 CREDENTIALS_PATH = "/latest/meta-data/iam/security-credentials/"
@@ -119,7 +102,7 @@ class SessionTokens:
         return bool(expiry_ms > self._monotonic() * 1000)
 
 
-def limit_hops(request: web.Request, hops: int) -> None:
+def limit_hops(request: BaseRequest, hops: int) -> None:
     """Send this connection's answers with an IP TTL (hop limit) of ``hops``, like EC2's
     IMDSv2 token answers: with 1, a token never crosses a router, so a client behind one
     (a container network routed through this host, a NAT) cannot start a session."""
@@ -150,7 +133,12 @@ def render_imds_json(snap: Snapshot) -> bytes:
     return json.dumps(body).encode()
 
 
-def create_imds_app(
+def _collapse_slashes(path: str) -> str:
+    # Java v1/v2 and JavaScript v2 append /latest/... to an endpoint ending in a slash.
+    return _SLASHES.sub("/", path) if "//" in path else path
+
+
+def create_imds_router(
     refresher: Refresher,
     role_arn: str,
     metrics: Metrics,
@@ -159,20 +147,17 @@ def create_imds_app(
     limiter: FailureLimiter | None = None,
     refusals: LogThrottle | None = None,
     hop_limit: int | None = None,
-) -> web.Application:
-    """The IMDS app. It has no client auth, so it refuses DNS-rebinding requests (a Host
-    naming another host, any Origin); ``limiter``/``refusals`` as for ``create_app``;
+) -> Router:
+    """The IMDS routes. It has no client auth, so it refuses DNS-rebinding requests (a Host
+    naming another host, any Origin); ``limiter``/``refusals`` as for ``create_router``;
     ``hop_limit``: the IP TTL of its answers (EC2's response hop limit)."""
     tokens = tokens or SessionTokens()
     name = role_name(role_arn)
-    rendered = Rendered(render_imds_json)
-    app = web.Application(middlewares=[json_errors_and_metrics, refuse_rebinding])
-    app[METRICS] = metrics
-    app[REFUSAL_LOG] = refusals or LogThrottle(budget=DEFAULT_REFUSAL_LOG_BUDGET)
-    if limiter is not None:
-        app[LIMITER] = limiter
+    answers = Rendered(lambda snap: Wire.ok(render_imds_json(snap), JSON, NO_STORE))
+    refusals = refusals or LogThrottle(budget=DEFAULT_REFUSAL_LOG_BUDGET)
+    router = Router(metrics, refusals, limiter, RebindingGuard(refusals), _collapse_slashes)
 
-    async def issue_token(request: web.Request) -> web.Response:
+    async def issue_token(request: BaseRequest, _: str | None) -> web.StreamResponse:
         if "X-Forwarded-For" in request.headers:
             raise Forbidden("token requests that came through a proxy are refused", "Forbidden")
         try:
@@ -185,15 +170,15 @@ def create_imds_app(
             limit_hops(request, hop_limit)
         return web.Response(text=tokens.issue(ttl), headers={TTL_HEADER: str(ttl)})
 
-    def authorise(request: web.Request) -> None:
+    def authorise(request: BaseRequest) -> None:
         if not tokens.valid(request.headers.get(TOKEN_HEADER)):
             raise Unauthenticated(f"send a session token in {TOKEN_HEADER}")
 
-    async def list_roles(request: web.Request) -> web.Response:
+    async def list_roles(request: BaseRequest, _: str | None) -> web.StreamResponse:
         authorise(request)
         return web.Response(text=name)
 
-    async def credentials(request: web.Request, asked: str) -> web.Response:
+    async def credentials(request: BaseRequest, asked: str | None) -> web.StreamResponse:
         authorise(request)
         if asked != name:
             raise NotFound(f"this endpoint serves only the role {name}")
@@ -201,29 +186,11 @@ def create_imds_app(
         snap = await refresher.wait_servable(cold_start_wait)
         if snap is None:
             raise Unavailable("no valid credentials yet; the daemon keeps retrying STS")
-        return web.Response(body=rendered(snap), content_type="application/json", headers=NO_STORE)
+        return respond(request, answers(snap))
 
-    exact: dict[str, tuple[str, Handler]] = {
-        TOKEN_PATH: ("PUT", issue_token),
-        CREDENTIALS_PATH: ("GET", list_roles),
-        # PHP's IMDS client lists roles without the final slash.
-        CREDENTIALS_PATH.rstrip("/"): ("GET", list_roles),
-    }
-
-    async def dispatch(request: web.Request) -> web.StreamResponse:
-        # Java v1/v2 and JavaScript v2 append /latest/... to an endpoint ending in a slash.
-        path = _SLASHES.sub("/", request.path)
-        method, handler = exact.get(path, ("GET", None))
-        asked = path.removeprefix(CREDENTIALS_PATH)
-        if handler is None and path.startswith(CREDENTIALS_PATH) and "/" not in asked:
-            request[ROUTE] = CREDENTIALS_PATH + "{name}"
-            method, handler = "GET", functools.partial(credentials, asked=asked)
-        if handler is None:
-            raise NotFound(f"no such IMDS path: {path[:100]}")
-        request.setdefault(ROUTE, path)
-        if request.method != method:
-            raise MethodNotAllowed(f"use {method} for {path}", headers={"Allow": method})
-        return await handler(request)
-
-    app.router.add_route("*", "/{path:.*}", dispatch)
-    return app
+    router.add("PUT", TOKEN_PATH, issue_token)
+    router.add("GET", CREDENTIALS_PATH, list_roles)
+    # PHP's IMDS client lists roles without the final slash.
+    router.add("GET", CREDENTIALS_PATH.rstrip("/"), list_roles)
+    router.add_prefix("GET", CREDENTIALS_PATH, "name", credentials)
+    return router

@@ -13,8 +13,9 @@ from __future__ import annotations
 import ipaddress
 
 from aiohttp import web
+from aiohttp.web_request import BaseRequest
 
-from sidecar.outputs.http import REFUSAL_LOG, Handler, error_response, log_refusal
+from sidecar.outputs.http import LogThrottle, error_response, log_refusal
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -61,7 +62,7 @@ def host_allowed(value: str, local_host: str, local_port: int) -> bool:
     return address is not None and address == _address(local_host)
 
 
-def _local_socket(request: web.Request) -> tuple[str, int] | None:
+def _local_socket(request: BaseRequest) -> tuple[str, int] | None:
     transport = request.transport
     sockname = transport.get_extra_info("sockname") if transport is not None else None
     if isinstance(sockname, tuple) and len(sockname) >= 2:
@@ -69,38 +70,45 @@ def _local_socket(request: web.Request) -> tuple[str, int] | None:
     return None
 
 
-@web.middleware
-async def refuse_rebinding(request: web.Request, handler: Handler) -> web.StreamResponse:
+class RebindingGuard:
     """403 JSON for a request with an ``Origin`` header or a ``Host`` naming another host.
 
     The listener's own address is read from the connection's socket, so a listener on
     port 0 (or, with the override, on 0.0.0.0) needs no configuration: ``Host`` must name
-    the very address and port the client connected to.
+    the very address and port the client connected to. ``also_hosts``: ``Host`` values
+    accepted besides (the capability listener's ``169.254.170.2``).
     """
-    hosts = request.headers.getall("Host", [])
-    local = _local_socket(request)
-    refusal = None
-    if "Origin" in request.headers:
-        refusal = (
-            "OriginNotAllowed",
-            "requests carrying an Origin header (from a web page) are refused: this "
-            "listener has no client auth and serves SDKs only",
-        )
-    elif hosts and (len(hosts) > 1 or local is None or not host_allowed(hosts[0], *local)):
-        shown = "this listener's address"
-        if local is not None:
-            host = f"[{local[0]}]" if ":" in local[0] else local[0]
-            shown = f"{host}:{local[1]} or localhost:{local[1]}"
-        refusal = (
-            "HostNotAllowed",
-            f"the Host header must name this listener ({shown}); other names are refused "
-            "to stop DNS rebinding: point the client at the address itself",
-        )
-    if refusal is None:
-        return await handler(request)
-    code, message = refusal
-    refusals = request.app.get(REFUSAL_LOG)
-    if refusals is not None:
+
+    def __init__(self, refusals: LogThrottle, also_hosts: tuple[str, ...] = ()) -> None:
+        self._refusals = refusals
+        self._also = also_hosts
+
+    def __call__(self, request: BaseRequest) -> web.StreamResponse | None:
+        headers = request.headers
+        hosts = headers.getall("Host", [])
+        if "Origin" in headers:
+            code, message = (
+                "OriginNotAllowed",
+                "requests carrying an Origin header (from a web page) are refused: this "
+                "listener has no client auth and serves SDKs only",
+            )
+        else:
+            if not hosts or (len(hosts) == 1 and hosts[0].strip() in self._also):
+                return None
+            local = _local_socket(request)
+            if len(hosts) == 1 and local is not None and host_allowed(hosts[0], *local):
+                return None
+            shown = "this listener's address"
+            if local is not None:
+                host = f"[{local[0]}]" if ":" in local[0] else local[0]
+                shown = f"{host}:{local[1]} or localhost:{local[1]}"
+            code, message = (
+                "HostNotAllowed",
+                f"the Host header must name this listener ({shown}); other names are refused "
+                "to stop DNS rebinding: point the client at the address itself",
+            )
         # Never the header's value: no request header value reaches the log.
-        log_refusal(refusals, "host_refused", f"refused a request: {code}", request.remote or "?")
-    return error_response(403, code, message)
+        log_refusal(
+            self._refusals, "host_refused", f"refused a request: {code}", request.remote or "?"
+        )
+        return error_response(403, code, message)

@@ -1,5 +1,6 @@
-"""Putting an app on an address: the guarded site, the bound address, and the limits that
-fit the open-file limit. Shared by the sidecar and the node agent."""
+"""Putting a router on an address: aiohttp's low-level server behind the guarded site, the
+bound address, and the limits that fit the open-file limit. Shared by the sidecar and the
+node agent."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from sidecar.config.model import ListenerLimits
 from sidecar.core.errors import ListenError
 from sidecar.core.fdlimit import raise_open_file_limit
 from sidecar.outputs.listener import GuardedSite, ListenerGuard, fit_to_fd_limit
+from sidecar.outputs.router import Router
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +30,15 @@ def base_url(host: str, port: int, path: str) -> str:
 
 async def listen(
     stack: contextlib.AsyncExitStack,
-    app: web.Application,
+    router: Router,
     host: str,
     port: int,
     flag: str,
     guard: ListenerGuard,
 ) -> tuple[str, int]:
-    """Serve ``app`` on host:port until ``stack`` closes; the address actually bound."""
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE)
+    """Serve ``router`` on host:port until ``stack`` closes; the address actually bound."""
+    server = web.Server(router, access_log=None)
+    runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE)
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
     try:

@@ -46,8 +46,11 @@ class PresentedTokenSource:
         """Hold ``token`` (verified by the caller): the most recently presented one wins,
         whatever its lifetime, so no pod can pin its account to a long-lived token that STS
         has since come to refuse (a rotated key). True if it replaced another."""
-        if self._token is not None and hmac.compare_digest(
-            self._token.reveal().encode(), token.reveal().encode()
+        held = self._token
+        # The verifier hands out one object per cached token: the common case is "the same".
+        if held is token or (
+            held is not None
+            and hmac.compare_digest(held.reveal().encode(), token.reveal().encode())
         ):
             return False
         self._token, self._expires_at = token, expires_at

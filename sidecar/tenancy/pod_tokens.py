@@ -195,9 +195,9 @@ class PodTokenVerifier:
                 "and point AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE at it",
                 code="MissingToken",
             )
-        if not _JWT_SHAPE.fullmatch(token):  # also before hashing: only ASCII from here on
+        if not token.isascii():  # a JWT is ASCII: one encoding, one digest
             raise PodTokenError("malformed", _NOT_JWT)
-        digest = hashlib.sha256(token.encode()).digest()
+        digest = hashlib.sha256(token.encode("ascii")).digest()
         now = self._clock.now().timestamp()
         if (hit := self._cache.get(digest)) is not None:
             identity, deadline, kid, key = hit
@@ -207,6 +207,10 @@ class PodTokenVerifier:
                 self._cache.move_to_end(digest)
                 return identity
             del self._cache[digest]  # checked again below (and refused if it must be)
+        # Only a token never verified (or no longer cached) is parsed: a hit was this very
+        # string, already held to everything below.
+        if not _JWT_SHAPE.fullmatch(token):
+            raise PodTokenError("malformed", _NOT_JWT)
         identity, deadline, kid, key = await self._check(token, now)
         self._cache[digest] = (identity, deadline, kid, key)
         while len(self._cache) > self._cache_size:
