@@ -54,9 +54,12 @@ class FakeClock:
         return self.true_now() + timedelta(seconds=self.skew)
 
     async def sleep(self, seconds: float) -> None:
+        await self.alarm(seconds)
+
+    def alarm(self, seconds: float) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._sleepers, (self._mono + max(0.0, seconds), next(self._seq), future))
-        await future
+        return future
 
     @contextlib.asynccontextmanager
     async def timeout(self, seconds: float) -> AsyncIterator[None]:

@@ -136,3 +136,21 @@ async def test_a_cancelled_sleeper_stops_the_driver() -> None:
     await asyncio.gather(sleeper, return_exceptions=True)
     await asyncio.sleep(0.05)
     assert all(task.get_name() != "clock" for task in asyncio.all_tasks())
+
+
+async def test_an_alarm_completes_on_the_boot_clock_and_a_cancelled_one_never() -> None:
+    """SystemClock.alarm completes once its time passed on the boot clock; a cancelled alarm
+    never fires and, with nothing else waiting, lets the shared driver end."""
+    host = Host()
+    clock = SystemClock(boot_time=host.boot_time, loop_sleep=host.loop_sleep, chunk=1.0)
+    rung: list[float] = []
+    alarm = clock.alarm(2.5)
+    alarm.add_done_callback(lambda _: rung.append(host.boot))
+    called_off = clock.alarm(1.0)
+    called_off.cancel()
+    await alarm
+    await settle()
+    assert rung == [pytest.approx(2.5)]
+    assert called_off.cancelled()
+    await settle()
+    assert all(task.get_name() != "clock" for task in asyncio.all_tasks())

@@ -53,6 +53,12 @@ class Clock(Protocol):
         """Wait until ``monotonic()`` has advanced by ``seconds``."""
         ...
 
+    def alarm(self, seconds: float) -> asyncio.Future[None]:
+        """A future that completes once ``monotonic()`` has advanced by ``seconds``; cancel
+        it to call the alarm off. Lighter than a task in ``sleep``: what rests on it holds
+        no coroutine (the node agent keeps thousands of resting refreshers)."""
+        ...
+
     def timeout(self, seconds: float) -> AbstractAsyncContextManager[object]:
         """Raise ``TimeoutError`` in the body if it takes longer than ``seconds``."""
         ...
@@ -93,6 +99,9 @@ class SystemClock:
         if seconds <= 0:
             await self._loop_sleep(0)  # still a point where the task yields
             return
+        await self.alarm(seconds)
+
+    def alarm(self, seconds: float) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
         driver = self._driver
         if driver is None or driver.done() or driver.get_loop() is not loop:
@@ -107,7 +116,7 @@ class SystemClock:
         woken.add_done_callback(self._gone)
         if deadline < self._target:
             self._earlier.set()
-        await woken
+        return woken
 
     def _gone(self, _: asyncio.Future[None]) -> None:
         self._live -= 1
