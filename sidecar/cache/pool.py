@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 K = TypeVar("K", bound=Hashable)
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
     refresher: Refresher
     last_used: float

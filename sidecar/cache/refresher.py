@@ -57,7 +57,7 @@ REFRESH_REQUEST_DEBOUNCE = 5.0
 TOKEN_WATCH_INTERVAL = 1.0
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True, weakref_slot=True)
 class Snapshot:
     """Credentials as served, immutable. Compared by identity: each output renders its own
     bytes once per snapshot (``sidecar.outputs.rendered``)."""
@@ -79,6 +79,44 @@ class ShortSessionError(SidecarError):
 
 
 class Refresher:
+    # The node agent keeps one per identity, thousands: slots instead of a __dict__ (past
+    # 30 attributes an instance dict stops sharing its keys and costs 1.5 KiB).
+    __slots__ = (
+        "_alarm",
+        "_attempt_requested",
+        "_clock",
+        "_clock_skew",
+        "_coalesced_logged",
+        "_deadline",
+        "_duration",
+        "_exchange_timeout",
+        "_exchanger",
+        "_inflight",
+        "_last_attempt_end",
+        "_last_code",
+        "_last_error_text",
+        "_last_success",
+        "_metrics",
+        "_policy",
+        "_request_debounce",
+        "_requested",
+        "_restart_chain",
+        "_rng",
+        "_running",
+        "_same_code_failures",
+        "_snapshot",
+        "_throttled_until",
+        "_token_failed_at",
+        "_token_watch",
+        "_tokens",
+        "_updated",
+        "_wake",
+        "_watcher",
+        "consecutive_failures",
+        "label",
+        "name",
+    )
+
     def __init__(
         self,
         name: str,
