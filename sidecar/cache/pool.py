@@ -19,9 +19,9 @@ import collections
 import logging
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from sidecar.cache.refresher import Refresher, Snapshot
+from sidecar.cache.refresher import Refresher
 from sidecar.core.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class Pool(Generic[K]):
         self.max_size = max_size
         self._entries: collections.OrderedDict[K, Entry] = collections.OrderedDict()
         self._on_evict = on_evict
-        self._stopping: set[asyncio.Future[Snapshot]] = set()
+        self._stopping: set[asyncio.Future[Any]] = set()
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -32,9 +32,10 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sidecar.config import RefreshPolicy
-from sidecar.core.clock import Clock
+from sidecar.core.clock import Alarm, Clock
 from sidecar.core.credentials import Credentials, format_expiration, mask_key_id
 from sidecar.core.errors import Disposition, SidecarError, StsError
 from sidecar.core.metrics import Metrics, RoleStatus
@@ -153,7 +154,7 @@ class Refresher:
         # The schedule (see ``start``): resting, it is one alarm on the clock, no task.
         self._running = False
         self._deadline = 0.0
-        self._alarm: asyncio.Future[None] | None = None
+        self._alarm: Alarm | None = None
         self._watcher: asyncio.Future[bool] | None = None
         #: A refresh request accepted while no rest was under way: applied to the next one.
         self._wake = False
@@ -415,16 +416,19 @@ class Refresher:
         self._running = True
         self._begin()
 
-    def stop(self) -> asyncio.Future[Snapshot] | None:
-        """Stop refreshing: call the alarm off and cancel the exchange in flight, which is
-        returned (if any) for the caller to await before it closes the STS client."""
+    def stop(self) -> asyncio.Future[Any] | None:
+        """Stop refreshing: call the alarm off, cancel the exchange in flight and the token
+        watch; what must still end is returned (if anything) for the caller to await before
+        it closes the STS client."""
         self._running = False
+        watcher = self._watcher
         self._end_rest()
-        inflight = self._inflight
-        if inflight is None or inflight.done():
+        ending = [f for f in (self._inflight, watcher) if f is not None and not f.done()]
+        if not ending:
             return None
-        inflight.cancel()
-        return inflight
+        for future in ending:
+            future.cancel()
+        return asyncio.gather(*ending, return_exceptions=True)
 
     def _begin(self) -> None:
         """Start an attempt whose outcome schedules the next."""
@@ -474,14 +478,14 @@ class Refresher:
             self._end_rest()
             self._begin()
             return
-        self._alarm = self._clock.alarm(left)
-        self._alarm.add_done_callback(self._rang)
+        self._alarm = self._clock.alarm(left, self._rang)
 
-    def _rang(self, alarm: asyncio.Future[None]) -> None:
-        if alarm is self._alarm and not alarm.cancelled():
-            self._alarm = None
-            # Not early: the clock's alarms may wake slightly ahead of a moved deadline.
-            self._set_alarm()
+    def _rang(self) -> None:
+        alarm = self._alarm
+        if alarm is None or alarm.pending:
+            return  # stopped, or moved since this one rang: a newer alarm is set
+        self._alarm = None
+        self._set_alarm()  # at the deadline now: the next attempt starts
 
     def _watched(self, watcher: asyncio.Future[bool]) -> None:
         if watcher is not self._watcher or watcher.cancelled() or not watcher.result():
@@ -498,10 +502,12 @@ class Refresher:
             self._set_alarm()
 
     def _end_rest(self) -> None:
-        for future in (self._alarm, self._watcher):
-            if future is not None:
-                future.cancel()
-        self._alarm = self._watcher = None
+        if self._alarm is not None:
+            self._alarm.cancel()
+            self._alarm = None
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
 
     def refresh_soon(self) -> bool:
         """Refresh now (SIGHUP, after an operator fixed IAM), restarting any role chain.
