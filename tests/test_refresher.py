@@ -464,6 +464,32 @@ async def test_stopping_a_refresher_watching_its_token_ends_the_watch(make: Fact
     assert (watch.looks, exchanger.calls) == (looks, calls)
 
 
+async def test_a_refresher_started_again_before_its_stopped_exchange_ended_refreshes(
+    make: Factory,
+) -> None:
+    """stop, then start before the cancelled exchange has ended: the new schedule runs its
+    own exchange instead of waiting on the cancelled one, and keeps refreshing."""
+    refresher, exchanger, clock = make([3600], start=False)
+    exchanger.gate = asyncio.Event()
+    refresher.start()
+    await settle()
+    assert exchanger.calls == 1  # in flight, held at the gate
+    ending = refresher.stop()
+    refresher.start()
+    assert ending is not None
+    await ending
+    exchanger.gate.set()
+    await settle()
+    assert exchanger.calls == 2
+    assert refresher.ready and refresher.running
+    await clock.advance(3600)
+    assert exchanger.calls >= 3  # on schedule: refreshed ahead of expiry
+    assert refresher.ready
+    ending = refresher.stop()
+    if ending is not None:
+        await ending
+
+
 async def test_the_token_is_not_watched_for_other_failures(make: Factory) -> None:
     """AccessDenied is not the token's fault: the token source is not even looked at."""
     watch = FakeWatch()

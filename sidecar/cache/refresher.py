@@ -261,7 +261,8 @@ class Refresher:
         return self._inflight
 
     def _clear_inflight(self, future: asyncio.Future[Snapshot]) -> None:
-        self._inflight = None
+        if self._inflight is future:  # else ``stop`` let go of it already
+            self._inflight = None
         self._last_attempt_end = self._clock.monotonic()
         # Callers may have stopped waiting (cancelled): the outcome is seen here anyway,
         # so asyncio never logs "Task exception was never retrieved".
@@ -424,6 +425,8 @@ class Refresher:
         watcher = self._watcher
         self._end_rest()
         ending = [f for f in (self._inflight, watcher) if f is not None and not f.done()]
+        # Let go of the cancelled attempt: a ``start`` before it ends begins a new one.
+        self._inflight = None
         if not ending:
             return None
         for future in ending:
