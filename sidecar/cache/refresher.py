@@ -10,9 +10,12 @@ The policy, in one place:
   that need an operator, e.g. AccessDenied), never in a tight loop.
 * **Never serve the unusable**: a snapshot is servable only until ``safety_margin`` before
   its expiry; after that the endpoint answers 503 and ``/readyz`` fails.
-* **Single flight**: only ``run`` exchanges, one attempt at a time; readers never call STS.
-  They read an immutable ``Snapshot`` (each output renders its bytes once). ``run`` owns
-  the attempt in flight: cancelling ``run`` cancels it and waits for it.
+* **Single flight**: only the schedule (``start``/``stop``, or ``run`` as a task)
+  exchanges, one attempt at a time; readers never call STS. They read an immutable
+  ``Snapshot`` (each output renders its bytes once). The schedule owns the attempt in
+  flight: ``stop`` (or cancelling ``run``) cancels it, and it is awaited.
+* **Cheap at rest**: between attempts a refresher is one ``Alarm`` on the clock's shared
+  heap, with no task or coroutine of its own (the node agent keeps thousands).
 * **Requests are coalesced**: ``refresh_soon`` (SIGHUP) costs at most one exchange per
   ``REFRESH_REQUEST_DEBOUNCE`` seconds, and none during a throttling backoff.
 * **A new token is noticed**: while failing for a token reason, the token source is
