@@ -135,6 +135,9 @@ async def running_node_agent(
 
         jitter = random.Random()  # noqa: S311 - jitter, not cryptography
 
+        def clock_skew() -> float | None:  # one for every identity
+            return sts.clock_skew
+
         def build(role: RoleConfig, source: PresentedTokenSource, namespace: str) -> Refresher:
             return build_refresher(
                 role,
@@ -148,6 +151,7 @@ async def running_node_agent(
                 label=role_name(role.role_arn),
                 rate_wait=RATE_CAP_WAIT,
                 rng=jitter,
+                clock_skew=clock_skew,
             )
 
         def evicted(key: IdentityKey, entry: Entry, reason: str) -> None:

@@ -8,7 +8,7 @@ import contextlib
 import heapq
 import itertools
 import random
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.cache.refresher import Refresher
 from sidecar.config import RefreshPolicy
+from sidecar.core.clock import Alarm
 from sidecar.core.credentials import Credentials
 from sidecar.core.metrics import Metrics
 from sidecar.outputs.router import Router
@@ -36,7 +37,7 @@ class FakeClock:
     """Monotonic and wall time that move only when ``advance`` (or ``suspend``) is called.
 
     ``skew`` shifts the wall clock relative to "true" time (STS's clock in tests).
-    ``sleep`` and ``timeout`` run on this fake time.
+    ``sleep``, ``alarm`` and ``timeout`` run on this fake time.
     """
 
     def __init__(self, skew: float = 0.0) -> None:
@@ -44,7 +45,7 @@ class FakeClock:
         #: True time that passed without the monotonic clock seeing it (see ``suspend``).
         self._unseen = 0.0
         self.skew = skew
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._alarms: list[Alarm] = []
         self._seq = itertools.count()
 
     def monotonic(self) -> float:
@@ -56,30 +57,53 @@ class FakeClock:
     def now(self) -> datetime:
         return self.true_now() + timedelta(seconds=self.skew)
 
+    def gone(self) -> None:
+        """An alarm rang or was cancelled (nothing to count here)."""
+
+    def alarm(self, seconds: float, callback: Callable[[], object]) -> Alarm:
+        alarm = Alarm(self._mono + max(0.0, seconds), next(self._seq), callback, self)
+        heapq.heappush(self._alarms, alarm)
+        return alarm
+
     async def sleep(self, seconds: float) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (self._mono + max(0.0, seconds), next(self._seq), future))
-        await future
+
+        def wake() -> None:
+            if not future.done():
+                future.set_result(None)
+
+        alarm = self.alarm(seconds, wake)
+        try:
+            await future
+        finally:
+            alarm.cancel()
 
     @contextlib.asynccontextmanager
     async def timeout(self, seconds: float) -> AsyncIterator[None]:
         """Like ``asyncio.timeout``, on fake time: fires when ``advance`` passes the deadline."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        heapq.heappush(self._sleepers, (self._mono + max(0.0, seconds), next(self._seq), future))
         async with asyncio.timeout(None) as scope:
             live = True
 
-            def expire(done: asyncio.Future[None]) -> None:
-                if live and not done.cancelled():
+            def expire() -> None:
+                if live:  # rung, then left before this ran: nothing to expire
                     scope.reschedule(loop.time())
 
-            future.add_done_callback(expire)
+            alarm = self.alarm(seconds, expire)
             try:
                 yield
             finally:
                 live = False
-                future.cancel()
+                alarm.cancel()
+
+    def _ring_until(self, target: float) -> bool:
+        """Ring the earliest alarm due by ``target`` (time moves to it); False if none is."""
+        if not self._alarms or self._alarms[0].deadline > target:
+            return False
+        alarm = heapq.heappop(self._alarms)
+        self._mono = max(self._mono, alarm.deadline)
+        alarm.ring()
+        return True
 
     async def suspend(self, seconds: float, counted: bool = True) -> None:
         """The host sleeps for ``seconds``; the wall clock jumps.
@@ -93,26 +117,20 @@ class FakeClock:
             self._unseen += seconds
             return
         self._mono += seconds
-        while self._sleepers and self._sleepers[0][0] <= self._mono:
-            _, _, future = heapq.heappop(self._sleepers)
-            if not future.done():
-                future.set_result(None)
+        while self._ring_until(self._mono):
+            pass
         await settle()
 
     def next_wakeup(self) -> float | None:
         """Seconds from now until the earliest sleeper wakes, if any is sleeping."""
-        live = [d for d, _, f in self._sleepers if not f.done()]
+        live = [a.deadline for a in self._alarms if a.pending]
         return min(live) - self._mono if live else None
 
     async def advance(self, seconds: float) -> None:
         """Move time forward, waking sleepers in deadline order and letting them run."""
         target = self._mono + seconds
         await settle()
-        while self._sleepers and self._sleepers[0][0] <= target:
-            deadline, _, future = heapq.heappop(self._sleepers)
-            self._mono = max(self._mono, deadline)
-            if not future.done():
-                future.set_result(None)
+        while self._ring_until(target):
             await settle()
         self._mono = target
         await settle()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import gc
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -18,7 +21,7 @@ from sidecar.core.errors import AccountNotAllowedError, StsError
 from sidecar.core.metrics import Metrics
 from sidecar.exchange.chain import ChainExchanger, TemplateError, render, sanitize_session_name
 from sidecar.exchange.sts import StsClient
-from sidecar.sources.base import TokenClaims
+from sidecar.sources.base import TokenClaims, TokenSource, WebIdentityToken
 from sidecar.sources.file import FileSource, FileTokenSource
 from tests.peers import EmulatorThread
 
@@ -69,6 +72,41 @@ def token_path(emulator: EmulatorThread, tmp_path: Path) -> Path:
         )
     )
     return path
+
+
+class Payload(dict[str, object]):
+    """A token's decoded claims that a weak reference can watch."""
+
+
+class WatchedTokens:
+    """Hands out the inner source's tokens, each with claims a weak reference watches."""
+
+    def __init__(self, inner: TokenSource) -> None:
+        self.inner = inner
+        self.payloads: list[weakref.ref[Payload]] = []
+
+    async def fetch(self) -> WebIdentityToken:
+        token = await self.inner.fetch()
+        payload = Payload(token.claims.other)
+        self.payloads.append(weakref.ref(payload))
+        claims = dataclasses.replace(token.claims, other=payload)
+        return dataclasses.replace(token, claims=claims)
+
+
+@pytest.mark.parametrize("hops", [1, 2])
+async def test_a_single_hop_keeps_no_decoded_token(
+    emulator: EmulatorThread, token_path: Path, hops: int
+) -> None:
+    """After an exchange a single-hop role holds nothing of the decoded token (the node
+    agent keeps thousands); a chain keeps the claims its later hops' templates use."""
+    chain = [HopConfig(A + "ci", 3600), HopConfig(A + "upload-to-s3", 3600)][:hops]
+    exchange = Exchange(emulator.url, token_path, chain)
+    tokens = WatchedTokens(exchange.tokens)
+    async with exchange.open() as exchanger:
+        await exchanger.exchange(tokens)
+        gc.collect()
+        kept = [ref for ref in tokens.payloads if ref() is not None]
+        assert len(kept) == (hops > 1)
 
 
 async def test_two_hop_chain(emulator: EmulatorThread, token_path: Path) -> None:

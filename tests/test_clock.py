@@ -136,3 +136,29 @@ async def test_a_cancelled_sleeper_stops_the_driver() -> None:
     await asyncio.gather(sleeper, return_exceptions=True)
     await asyncio.sleep(0.05)
     assert all(task.get_name() != "clock" for task in asyncio.all_tasks())
+
+
+async def test_an_alarm_rings_on_the_boot_clock_and_a_cancelled_one_never() -> None:
+    """SystemClock.alarm calls back once its time passed on the boot clock, holding no task
+    of its own; a cancelled alarm never calls and, with nothing else waiting, lets the
+    shared driver end."""
+    host = Host()
+    clock = SystemClock(boot_time=host.boot_time, loop_sleep=host.loop_sleep, chunk=1.0)
+    rung: list[float] = []
+    done = asyncio.Event()
+
+    def ring() -> None:
+        rung.append(host.boot)
+        done.set()
+
+    alarm = clock.alarm(2.5, ring)
+    called_off = clock.alarm(1.0, ring)
+    called_off.cancel()
+    assert [t.get_name() for t in asyncio.all_tasks() if t is not asyncio.current_task()] == [
+        "clock"
+    ]
+    await done.wait()
+    assert rung == [pytest.approx(2.5)]
+    assert not alarm.pending and not called_off.pending
+    await settle()
+    assert all(task.get_name() != "clock" for task in asyncio.all_tasks())

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from sidecar.cache.pool import Entry, Pool
-from sidecar.cache.refresher import Refresher
+from sidecar.cache.refresher import REFRESH_REQUEST_DEBOUNCE, Refresher
 from sidecar.config import RefreshPolicy
 from sidecar.core.metrics import Metrics
 from tests.fakes import NO_TOKENS, FakeClock, FakeExchanger, settle
@@ -139,49 +139,100 @@ async def test_the_size_bound_evicts_the_least_recently_used() -> None:
     await c.pool.close()
 
 
+def other_tasks() -> set[asyncio.Task[object]]:
+    return {t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()}
+
+
 async def test_an_evicted_refresher_stops_with_its_exchange_in_flight() -> None:
-    """Evicting cancels the refresher's task, including an exchange waiting on STS, and
-    the pool reaps it: no task of an evicted identity lives on."""
+    """Evicting stops the refresher and cancels its exchange waiting on STS, and the pool
+    reaps it: no task or alarm of an evicted identity lives on."""
     c = Cluster()
     gate = asyncio.Event()
     refresher = c.make("a", gate=gate)
     c.pool.add("a", refresher)
     await settle()
     assert c.exchangers["a"].calls == 1  # waiting on the gate: in flight
-    entry = dict(c.pool.items())["a"]
+    assert other_tasks()
     assert c.pool.remove("a", "association")
     await settle()
-    assert entry.task.cancelled()
+    assert not refresher.running
     assert c.evicted == [("a", "association")]
-    assert not [t for t in asyncio.all_tasks() if t.get_name() == "refresher:a"]
+    assert not other_tasks()
     gate.set()
     await settle()
     assert refresher.servable() is None  # the cancelled exchange never landed
+    assert c.clock.next_wakeup() is None
     assert not c.pool.remove("a")
 
 
-async def test_idle_eviction_cancels_the_task_and_the_identity_comes_back_fresh() -> None:
-    """An idle-evicted identity's task is cancelled; adding it again starts a new refresher
-    with a new exchange."""
+async def test_idle_eviction_stops_the_refresher_and_the_identity_comes_back_fresh() -> None:
+    """An idle-evicted identity's refresher stops for good; adding it again starts a new
+    refresher with a new exchange."""
     c = Cluster()
     await c.add("a")
     old = dict(c.pool.items())["a"]
+    old_exchanger = c.exchangers["a"]
     await c.clock.advance(IDLE)
     c.pool.evict_idle()
     await settle()
-    assert old.task.cancelled()
+    assert not old.refresher.running
+    assert c.clock.next_wakeup() is None  # its alarm is called off
     await c.add("a")
     assert c.exchangers["a"].calls == 1  # the new refresher's own first exchange
-    assert dict(c.pool.items())["a"].task is not old.task
+    assert dict(c.pool.items())["a"].refresher is not old.refresher
+    await c.clock.advance(86400)
+    assert old_exchanger.calls == 1  # the evicted one never refreshed again
     await c.pool.close()
 
 
 async def test_close_stops_every_refresher_as_shutdown() -> None:
-    """close cancels and awaits every refresher task; evictions are reported as shutdown."""
+    """close stops every refresher and awaits their exchanges; evictions are reported as
+    shutdown."""
     c = Cluster()
-    await c.add("a", "b")
+    gate = asyncio.Event()
+    c.pool.add("a", c.make("a", gate=gate))
+    await c.add("b")
     entries = [entry for _, entry in c.pool.items()]
     await c.pool.close()
-    assert all(entry.task.done() for entry in entries)
+    assert not any(entry.refresher.running for entry in entries)
+    assert not other_tasks()
+    assert c.clock.next_wakeup() is None
     assert sorted(c.evicted) == [("a", "shutdown"), ("b", "shutdown")]
     assert len(c.pool) == 0
+
+
+async def test_resting_identities_hold_no_task() -> None:
+    """Cached identities between refreshes hold no task each, only an alarm on the clock;
+    each still refreshes on time (the node agent keeps thousands of them)."""
+    c = Cluster()
+    await c.add(*(f"id-{n}" for n in range(100)))
+    assert all(e.refresher.ready for _, e in c.pool.items())
+    assert not other_tasks()
+    wake = c.clock.next_wakeup()
+    assert wake is not None and 0 < wake <= 3600
+    await c.clock.advance(3600)
+    assert all(x.calls >= 2 for x in c.exchangers.values())
+    assert not other_tasks()
+    await c.pool.close()
+
+
+async def test_a_refresh_request_wakes_a_resting_identity() -> None:
+    """refresh_soon on a resting identity brings its next exchange forward to the debounce
+    after its last one (at once when that has passed), without a task of its own."""
+    c = Cluster()
+    await c.add("a", "b")
+    a, b = (dict(c.pool.items())[key].refresher for key in "ab")
+    await c.clock.advance(2)
+    assert a.refresh_soon()
+    assert c.clock.next_wakeup() == pytest.approx(REFRESH_REQUEST_DEBOUNCE - 2)
+    await c.clock.advance(REFRESH_REQUEST_DEBOUNCE - 2 - 0.1)
+    assert c.exchangers["a"].calls == 1
+    await c.clock.advance(0.1)
+    assert c.exchangers["a"].calls == 2
+    assert c.exchangers["a"].dropped == 1  # the whole chain, as SIGHUP asks
+    await c.clock.advance(60)
+    assert b.refresh_soon()
+    await settle()
+    assert c.exchangers["b"].calls == 2
+    assert not other_tasks()
+    await c.pool.close()

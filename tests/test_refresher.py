@@ -439,6 +439,57 @@ async def test_a_token_fixed_while_sts_answered_is_tried_at_once(make: Factory) 
     assert refresher.ready
 
 
+async def test_stopping_a_refresher_watching_its_token_ends_the_watch(make: Factory) -> None:
+    """A refresher resting after a token failure watches the token source; stop calls that
+    off with the alarm and returns it to await: nothing of the refresher lives on."""
+    watch = FakeWatch()
+    policy = RefreshPolicy(retry_base=1, retry_cap=60, slow_retry=300)
+    refresher, exchanger, clock = make(
+        [sts_error("InvalidIdentityToken", Disposition.FATAL)],
+        policy=policy,
+        token_watch=watch,
+        start=False,
+    )
+    refresher.start()
+    await clock.advance(TOKEN_WATCH_INTERVAL * 3)
+    assert watch.looks >= 2  # watching
+    ending = refresher.stop()
+    assert ending is not None
+    await ending
+    assert not [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    assert clock.next_wakeup() is None
+    looks, calls = watch.looks, exchanger.calls
+    watch.value = 2
+    await clock.advance(3600)
+    assert (watch.looks, exchanger.calls) == (looks, calls)
+
+
+async def test_a_refresher_started_again_before_its_stopped_exchange_ended_refreshes(
+    make: Factory,
+) -> None:
+    """stop, then start before the cancelled exchange has ended: the new schedule runs its
+    own exchange instead of waiting on the cancelled one, and keeps refreshing."""
+    refresher, exchanger, clock = make([3600], start=False)
+    exchanger.gate = asyncio.Event()
+    refresher.start()
+    await settle()
+    assert exchanger.calls == 1  # in flight, held at the gate
+    ending = refresher.stop()
+    refresher.start()
+    assert ending is not None
+    await ending
+    exchanger.gate.set()
+    await settle()
+    assert exchanger.calls == 2
+    assert refresher.ready and refresher.running
+    await clock.advance(3600)
+    assert exchanger.calls >= 3  # on schedule: refreshed ahead of expiry
+    assert refresher.ready
+    ending = refresher.stop()
+    if ending is not None:
+        await ending
+
+
 async def test_the_token_is_not_watched_for_other_failures(make: Factory) -> None:
     """AccessDenied is not the token's fault: the token source is not even looked at."""
     watch = FakeWatch()

@@ -4,6 +4,7 @@ its token, under a time budget that covers the token fetch and every hop."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 from sidecar.cache.refresher import Refresher
 from sidecar.config.model import RefreshPolicy, RoleConfig
@@ -26,10 +27,12 @@ def build_refresher(
     label: str | None = None,
     rate_wait: float = 0.0,
     rng: random.Random | None = None,
+    clock_skew: Callable[[], float | None] | None = None,
 ) -> Refresher:
     """A refresher for ``role`` fed by ``tokens``; ``rate_wait``: the longest the STS rate
     cap may delay one exchange, added to its budget; ``rng``: the jitter source, shared by
-    a pool's refreshers (a ``random.Random`` is 2.5 KiB, an identity's largest part)."""
+    a pool's refreshers (a ``random.Random`` is 2.5 KiB); ``clock_skew``: how STS's clock
+    is read, shareable too (else a closure over ``sts`` per refresher)."""
     budget = policy.attempt_timeout * len(role.hops) + token_fetch_time + rate_wait
     return Refresher(
         name or role.name,
@@ -41,6 +44,6 @@ def build_refresher(
         metrics,
         rng=rng,
         exchange_timeout=budget,
-        clock_skew=lambda: sts.clock_skew,
+        clock_skew=clock_skew or (lambda: sts.clock_skew),
         label=label,
     )

@@ -7,8 +7,9 @@ the least recently used one goes. Creating is synchronous, so concurrent first r
 for one identity find the same refresher, whose single flight merges their exchanges: a
 storm of N pods of M service accounts costs M exchanges.
 
-The pool owns each refresher's task: evicting or closing cancels it (and the exchange in
-flight), and waits for it.
+The pool owns each refresher's schedule: adding starts it, evicting or closing stops it
+and cancels the exchange in flight, which ``close`` waits for. A resting refresher holds
+no task (one alarm on the clock): thousands of cached identities cost little memory.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import collections
 import logging
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sidecar.cache.refresher import Refresher
 from sidecar.core.clock import Clock
@@ -28,10 +29,9 @@ log = logging.getLogger(__name__)
 K = TypeVar("K", bound=Hashable)
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
     refresher: Refresher
-    task: asyncio.Task[None]
     last_used: float
     #: What the entry is counted under in metrics (a namespace or role, never more).
     label: str = field(default="")
@@ -50,7 +50,7 @@ class Pool(Generic[K]):
         self.max_size = max_size
         self._entries: collections.OrderedDict[K, Entry] = collections.OrderedDict()
         self._on_evict = on_evict
-        self._stopping: set[asyncio.Task[None]] = set()
+        self._stopping: set[asyncio.Future[Any]] = set()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -75,8 +75,8 @@ class Pool(Generic[K]):
         used identity when full. ``key`` must not be cached already."""
         if key in self._entries:
             raise KeyError(f"identity {key!r} is already cached")
-        task = asyncio.create_task(refresher.run(), name=f"refresher:{refresher.name}")
-        self._entries[key] = Entry(refresher, task, self._clock.monotonic(), label)
+        refresher.start()
+        self._entries[key] = Entry(refresher, self._clock.monotonic(), label)
         while self.max_size is not None and len(self._entries) > self.max_size:
             oldest = next(iter(self._entries))
             self._evict(oldest, "size")
@@ -84,10 +84,11 @@ class Pool(Generic[K]):
 
     def _evict(self, key: K, reason: str) -> None:
         entry = self._entries.pop(key)
-        entry.task.cancel()
-        # Reaped in the background (and by close): eviction itself never waits.
-        self._stopping.add(entry.task)
-        entry.task.add_done_callback(self._stopping.discard)
+        stopping = entry.refresher.stop()
+        if stopping is not None:
+            # Reaped in the background (and by close): eviction itself never waits.
+            self._stopping.add(stopping)
+            stopping.add_done_callback(self._stopping.discard)
         if self._on_evict is not None:
             self._on_evict(key, entry, reason)
 

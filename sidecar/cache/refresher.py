@@ -10,9 +10,12 @@ The policy, in one place:
   that need an operator, e.g. AccessDenied), never in a tight loop.
 * **Never serve the unusable**: a snapshot is servable only until ``safety_margin`` before
   its expiry; after that the endpoint answers 503 and ``/readyz`` fails.
-* **Single flight**: only ``run`` exchanges, one attempt at a time; readers never call STS.
-  They read an immutable ``Snapshot`` (each output renders its bytes once). ``run`` owns
-  the attempt in flight: cancelling ``run`` cancels it and waits for it.
+* **Single flight**: only the schedule (``start``/``stop``, or ``run`` as a task)
+  exchanges, one attempt at a time; readers never call STS. They read an immutable
+  ``Snapshot`` (each output renders its bytes once). The schedule owns the attempt in
+  flight: ``stop`` (or cancelling ``run``) cancels it, and it is awaited.
+* **Cheap at rest**: between attempts a refresher is one ``Alarm`` on the clock's shared
+  heap, with no task or coroutine of its own (the node agent keeps thousands).
 * **Requests are coalesced**: ``refresh_soon`` (SIGHUP) costs at most one exchange per
   ``REFRESH_REQUEST_DEBOUNCE`` seconds, and none during a throttling backoff.
 * **A new token is noticed**: while failing for a token reason, the token source is
@@ -35,7 +38,7 @@ from datetime import datetime
 from typing import Any
 
 from sidecar.config import RefreshPolicy
-from sidecar.core.clock import Clock
+from sidecar.core.clock import Alarm, Clock
 from sidecar.core.credentials import Credentials, format_expiration, mask_key_id
 from sidecar.core.errors import Disposition, SidecarError, StsError
 from sidecar.core.metrics import Metrics, RoleStatus
@@ -58,7 +61,7 @@ REFRESH_REQUEST_DEBOUNCE = 5.0
 TOKEN_WATCH_INTERVAL = 1.0
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True, weakref_slot=True)
 class Snapshot:
     """Credentials as served, immutable. Compared by identity: each output renders its own
     bytes once per snapshot (``sidecar.outputs.rendered``)."""
@@ -80,6 +83,44 @@ class ShortSessionError(SidecarError):
 
 
 class Refresher:
+    # The node agent keeps one per identity, thousands: slots instead of a __dict__ (past
+    # 30 attributes an instance dict stops sharing its keys and costs 1.5 KiB).
+    __slots__ = (
+        "_alarm",
+        "_attempt_requested",
+        "_clock",
+        "_clock_skew",
+        "_coalesced_logged",
+        "_deadline",
+        "_duration",
+        "_exchange_timeout",
+        "_exchanger",
+        "_inflight",
+        "_last_attempt_end",
+        "_last_code",
+        "_last_error_text",
+        "_last_success",
+        "_metrics",
+        "_policy",
+        "_request_debounce",
+        "_requested",
+        "_restart_chain",
+        "_rng",
+        "_running",
+        "_same_code_failures",
+        "_snapshot",
+        "_throttled_until",
+        "_token_failed_at",
+        "_token_watch",
+        "_tokens",
+        "_updated",
+        "_wake",
+        "_watcher",
+        "consecutive_failures",
+        "label",
+        "name",
+    )
+
     def __init__(
         self,
         name: str,
@@ -111,8 +152,15 @@ class Refresher:
         self._snapshot: Snapshot | None = None
         self._last_success: float | None = None
         self._inflight: asyncio.Future[Snapshot] | None = None
-        self._updated = asyncio.Event()
-        self._wake = asyncio.Event()
+        # Made when someone waits (the cold start), not for each of thousands of identities.
+        self._updated: asyncio.Event | None = None
+        # The schedule (see ``start``): resting, it is one alarm on the clock, no task.
+        self._running = False
+        self._deadline = 0.0
+        self._alarm: Alarm | None = None
+        self._watcher: asyncio.Future[bool] | None = None
+        #: A refresh request accepted while no rest was under way: applied to the next one.
+        self._wake = False
         self.consecutive_failures = 0
         self._last_error_text: str | None = None
         self._same_code_failures = 0
@@ -154,6 +202,11 @@ class Refresher:
         return self.servable() is not None
 
     @property
+    def running(self) -> bool:
+        """Between ``start`` and ``stop``: refreshing on its schedule."""
+        return self._running
+
+    @property
     def last_error(self) -> str | None:
         """Why the last exchange failed (safe to show: never a secret), None after a success."""
         return self._last_error_text
@@ -172,6 +225,8 @@ class Refresher:
     async def wait_updated(self, at_most: float) -> Snapshot | None:
         """Wait up to ``at_most`` seconds (on the injected clock) for the next exchange to
         succeed; the servable snapshot then, or None."""
+        if self._updated is None:
+            self._updated = asyncio.Event()
         updated = self._updated
         with contextlib.suppress(TimeoutError):
             async with self._clock.timeout(at_most):
@@ -199,24 +254,23 @@ class Refresher:
 
     async def refresh(self) -> Snapshot:
         """Exchange once for new credentials; concurrent callers share one exchange."""
+        return await asyncio.shield(self._attempt())
+
+    def _attempt(self) -> asyncio.Future[Snapshot]:
+        """The exchange in flight, started if there is none (single flight)."""
         if self._inflight is None:
             self._inflight = asyncio.ensure_future(self._exchange())
             self._inflight.add_done_callback(self._clear_inflight)
-        return await asyncio.shield(self._inflight)
+        return self._inflight
 
     def _clear_inflight(self, future: asyncio.Future[Snapshot]) -> None:
-        self._inflight = None
+        if self._inflight is future:  # else ``stop`` let go of it already
+            self._inflight = None
         self._last_attempt_end = self._clock.monotonic()
         # Callers may have stopped waiting (cancelled): the outcome is seen here anyway,
         # so asyncio never logs "Task exception was never retrieved".
         if not future.cancelled():
             future.exception()
-
-    async def _cancel_inflight(self) -> None:
-        inflight = self._inflight
-        if inflight is not None and not inflight.done():
-            inflight.cancel()
-            await asyncio.wait([inflight])
 
     async def _exchange(self) -> Snapshot:
         self._attempt_requested, self._requested = self._requested, False
@@ -281,8 +335,9 @@ class Refresher:
         self._last_error_text = None
         self._throttled_until = None
         self._token_failed_at = None
-        self._updated.set()
-        self._updated = asyncio.Event()
+        if self._updated is not None:
+            self._updated.set()
+            self._updated = None
         log.info(
             "credentials refreshed for role %s",
             self.name,
@@ -343,28 +398,122 @@ class Refresher:
 
     async def run(self) -> None:
         """Refresh forever; cancel to stop (the attempt in flight is cancelled and awaited)."""
+        self.start()
         try:
-            while True:
-                try:
-                    snap = await self.refresh()
-                except SidecarError as exc:
-                    delay = self._record_failure(exc)
-                except Exception as exc:
-                    # A bug or an unforeseen answer must not end refreshing: log it in full,
-                    # keep serving what is valid, and retry like a transient failure.
-                    log.exception(
-                        "unexpected error refreshing role %s",
-                        self.name,
-                        extra={"event": "refresh_crashed", "role": self.name},
-                    )
-                    delay = self._record_failure(SidecarError(f"unexpected {type(exc).__name__}"))
-                else:
-                    delay = snap.refresh_at - self._clock.monotonic()
-                await self._pause(delay)
+            await asyncio.get_running_loop().create_future()  # until cancelled
         finally:
             # Before our owner closes the STS client under it: a cancelled exchange is
             # neither a failure nor an unretrieved task exception.
-            await self._cancel_inflight()
+            stopping = self.stop()
+            if stopping is not None:
+                await asyncio.wait([stopping])
+
+    def start(self) -> None:
+        """Refresh now and then forever, in the background, until ``stop``.
+
+        No task is kept for this: an attempt is the exchange's own task, and its outcome
+        (``_attempt_ended``) sets one alarm on the clock for the next; a refresh request or
+        a changed token moves that alarm. A resting refresher is that alarm and nothing else.
+        """
+        if self._running:
+            raise RuntimeError(f"the refresher of {self.name} is already running")
+        self._running = True
+        self._begin()
+
+    def stop(self) -> asyncio.Future[Any] | None:
+        """Stop refreshing: call the alarm off, cancel the exchange in flight and the token
+        watch; what must still end is returned (if anything) for the caller to await before
+        it closes the STS client."""
+        self._running = False
+        watcher = self._watcher
+        self._end_rest()
+        ending = [f for f in (self._inflight, watcher) if f is not None and not f.done()]
+        # Let go of the cancelled attempt: a ``start`` before it ends begins a new one.
+        self._inflight = None
+        if not ending:
+            return None
+        for future in ending:
+            future.cancel()
+        return asyncio.gather(*ending, return_exceptions=True)
+
+    def _begin(self) -> None:
+        """Start an attempt whose outcome schedules the next."""
+        self._attempt().add_done_callback(self._attempt_ended)
+
+    def _attempt_ended(self, attempt: asyncio.Future[Snapshot]) -> None:
+        if not self._running or attempt.cancelled():
+            return  # stopped (only ``stop`` cancels an attempt)
+        error = attempt.exception()
+        if error is None:
+            delay = attempt.result().refresh_at - self._clock.monotonic()
+        elif isinstance(error, SidecarError):
+            delay = self._record_failure(error)
+        else:
+            # A bug or an unforeseen answer must not end refreshing: log it in full, keep
+            # serving what is valid, and retry like a transient failure.
+            log.error(
+                "unexpected error refreshing role %s",
+                self.name,
+                exc_info=error,
+                extra={"event": "refresh_crashed", "role": self.name},
+            )
+            delay = self._record_failure(SidecarError(f"unexpected {type(error).__name__}"))
+        self._rest(delay)
+
+    def _rest(self, delay: float) -> None:
+        """Wait ``delay``, less if a refresh is requested or a rejected token changes."""
+        self._deadline = self._clock.monotonic() + delay
+        if self._wake:
+            self._wake = False
+            self._deadline = min(self._deadline, self._request_due())
+        self._set_alarm()
+        if (
+            self._alarm is not None
+            and self._token_watch is not None
+            and self._token_failed_at is not None
+        ):
+            self._watcher = asyncio.ensure_future(self._token_changed(self._token_watch))
+            self._watcher.add_done_callback(self._watched)
+
+    def _set_alarm(self) -> None:
+        if self._alarm is not None:
+            self._alarm.cancel()
+            self._alarm = None
+        left = self._deadline - self._clock.monotonic()
+        if left <= 0:
+            self._end_rest()
+            self._begin()
+            return
+        self._alarm = self._clock.alarm(left, self._rang)
+
+    def _rang(self) -> None:
+        alarm = self._alarm
+        if alarm is None or alarm.pending:
+            return  # stopped, or moved since this one rang: a newer alarm is set
+        self._alarm = None
+        self._set_alarm()  # at the deadline now: the next attempt starts
+
+    def _watched(self, watcher: asyncio.Future[bool]) -> None:
+        if watcher is not self._watcher or watcher.cancelled() or not watcher.result():
+            return
+        self._watcher = None
+        floor = self._policy.retry_base / 2  # the backoff's own floor
+        assert self._token_failed_at is not None
+        self._move_deadline(self._token_failed_at + floor)
+
+    def _move_deadline(self, at: float) -> None:
+        """Bring the resting refresher's next attempt forward to ``at`` (never later)."""
+        if at < self._deadline:
+            self._deadline = at
+            self._set_alarm()
+
+    def _end_rest(self) -> None:
+        if self._alarm is not None:
+            self._alarm.cancel()
+            self._alarm = None
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
 
     def refresh_soon(self) -> bool:
         """Refresh now (SIGHUP, after an operator fixed IAM), restarting any role chain.
@@ -390,7 +539,10 @@ class Refresher:
         if reason is None:
             self._requested = True
             self._restart_chain = True
-            self._wake.set()
+            if self._alarm is not None:
+                self._move_deadline(self._request_due())
+            else:
+                self._wake = True  # for the rest after the attempt in flight
         elif reason == "throttled":
             self._restart_chain = True  # the retry after the backoff runs the whole chain
         self._metrics.refresh_requests.labels(self.label, reason or "accepted").inc()
@@ -410,38 +562,6 @@ class Refresher:
         if self._last_attempt_end is None:
             return now
         return max(now, self._last_attempt_end + self._request_debounce)
-
-    async def _pause(self, delay: float) -> None:
-        """Wait ``delay``, less if a refresh is requested or a rejected token changes."""
-        deadline = self._clock.monotonic() + delay
-        watcher = None
-        if self._token_watch is not None and self._token_failed_at is not None:
-            watcher = asyncio.ensure_future(self._token_changed(self._token_watch))
-        try:
-            while True:
-                if self._wake.is_set():
-                    deadline = min(deadline, self._request_due())
-                if watcher is not None and watcher.done() and watcher.result():
-                    floor = self._policy.retry_base / 2  # the backoff's own floor
-                    assert self._token_failed_at is not None
-                    deadline = min(deadline, self._token_failed_at + floor)
-                left = deadline - self._clock.monotonic()
-                if left <= 0:
-                    break
-                waiting: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._clock.sleep(left))}
-                if not self._wake.is_set():
-                    waiting.add(asyncio.ensure_future(self._wake.wait()))
-                if watcher is not None and not watcher.done():
-                    waiting.add(watcher)
-                try:
-                    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    for waiter in waiting - {watcher}:
-                        waiter.cancel()
-        finally:
-            if watcher is not None:
-                watcher.cancel()
-        self._wake.clear()
 
     async def _token_changed(self, watch: TokenWatch) -> bool:
         """True once the token source's fingerprint differs from what it was at failure."""

@@ -13,6 +13,7 @@ sleeping.
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import itertools
 import math
@@ -40,6 +41,47 @@ def _boot_clock() -> Callable[[], float]:
     return lambda: time.clock_gettime(clock_id)
 
 
+class Alarm:
+    """One deadline on a clock's heap: ``callback`` is called once (soon after, from the
+    event loop) unless the alarm is cancelled first. A few dozen bytes: what rests on an
+    alarm holds no task, no coroutine and no future (the node agent keeps thousands)."""
+
+    __slots__ = ("_callback", "_clock", "deadline", "order")
+
+    def __init__(
+        self, deadline: float, order: int, callback: Callable[[], object], clock: AlarmHeap
+    ) -> None:
+        self.deadline = deadline
+        self.order = order
+        self._callback: Callable[[], object] | None = callback
+        self._clock = clock
+
+    def __lt__(self, other: Alarm) -> bool:
+        return (self.deadline, self.order) < (other.deadline, other.order)
+
+    @property
+    def pending(self) -> bool:
+        """Neither rung nor cancelled yet."""
+        return self._callback is not None
+
+    def cancel(self) -> None:
+        if self._callback is not None:
+            self._callback = None
+            self._clock.gone()
+
+    def ring(self) -> None:
+        """Call the callback soon (once), unless cancelled: the clock's part."""
+        callback = self._callback
+        if callback is not None:
+            self._callback = None
+            self._clock.gone()
+            asyncio.get_running_loop().call_soon(callback)
+
+
+class AlarmHeap(Protocol):
+    def gone(self) -> None: ...  # an alarm rang or was cancelled
+
+
 class Clock(Protocol):
     def monotonic(self) -> float:
         """Seconds on a clock that never jumps and counts suspend; only differences matter."""
@@ -53,18 +95,28 @@ class Clock(Protocol):
         """Wait until ``monotonic()`` has advanced by ``seconds``."""
         ...
 
+    def alarm(self, seconds: float, callback: Callable[[], object]) -> Alarm:
+        """Call ``callback`` once ``monotonic()`` has advanced by ``seconds``, unless the
+        returned alarm is cancelled first."""
+        ...
+
     def timeout(self, seconds: float) -> AbstractAsyncContextManager[object]:
         """Raise ``TimeoutError`` in the body if it takes longer than ``seconds``."""
         ...
 
 
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class SystemClock:
     """The real clocks. ``boot_time`` and ``loop_sleep`` are injectable for tests.
 
-    Every sleeper waits on one shared heap of deadlines, watched by one driver task that
-    wakes at most every ``chunk`` (to notice a suspend): the node agent sleeps thousands of
-    refreshers at once, and one wake-up a second for all of them costs nothing, where one
-    per sleeper cost a tenth of a core doing nothing.
+    Every sleep and alarm waits on one shared heap of deadlines, watched by one driver task
+    that wakes at most every ``chunk`` (to notice a suspend): the node agent rests
+    thousands of refreshers at once, and one wake-up a second for all of them costs
+    nothing, where one per sleeper cost a tenth of a core doing nothing.
     """
 
     def __init__(
@@ -76,12 +128,8 @@ class SystemClock:
         self._boot_time = boot_time or _boot_clock()
         self._loop_sleep = loop_sleep
         self._chunk = chunk
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
-        self._live = 0
-        self._driver: asyncio.Task[None] | None = None
-        self._earlier = asyncio.Event()
-        self._target = math.inf
+        self._heap: _LoopHeap | None = None
 
     def monotonic(self) -> float:
         return self._boot_time()
@@ -93,39 +141,67 @@ class SystemClock:
         if seconds <= 0:
             await self._loop_sleep(0)  # still a point where the task yields
             return
-        loop = asyncio.get_running_loop()
-        driver = self._driver
-        if driver is None or driver.done() or driver.get_loop() is not loop:
-            # A new loop (tests run one per test): the old loop's sleepers are gone.
-            self._sleepers, self._live, self._target = [], 0, math.inf
-            self._earlier = asyncio.Event()
-            self._driver = driver = loop.create_task(self._drive(), name="clock")
-        deadline = self._boot_time() + seconds
-        woken: asyncio.Future[None] = loop.create_future()
-        heapq.heappush(self._sleepers, (deadline, next(self._order), woken))
-        self._live += 1
-        woken.add_done_callback(self._gone)
-        if deadline < self._target:
-            self._earlier.set()
-        await woken
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        alarm = self.alarm(seconds, functools.partial(_wake, woken))
+        try:
+            await woken
+        finally:
+            alarm.cancel()
 
-    def _gone(self, _: asyncio.Future[None]) -> None:
+    def alarm(self, seconds: float, callback: Callable[[], object]) -> Alarm:
+        loop = asyncio.get_running_loop()
+        heap = self._heap
+        if heap is None or heap.driver.done() or heap.driver.get_loop() is not loop:
+            # A new loop (tests run one per test): the old loop's alarms are gone.
+            heap = self._heap = _LoopHeap(self._boot_time, self._loop_sleep, self._chunk)
+        alarm = Alarm(self._boot_time() + max(0.0, seconds), next(self._order), callback, heap)
+        heap.push(alarm)
+        return alarm
+
+    def timeout(self, seconds: float) -> AbstractAsyncContextManager[object]:
+        # Timeouts are short (seconds): the event loop's clock is good enough for them.
+        return asyncio.timeout(seconds)
+
+
+class _LoopHeap:
+    """One event loop's alarms, in deadline order, and the task that rings them."""
+
+    def __init__(
+        self,
+        boot_time: Callable[[], float],
+        loop_sleep: Callable[[float], Awaitable[None]],
+        chunk: float,
+    ) -> None:
+        self._boot_time = boot_time
+        self._loop_sleep = loop_sleep
+        self._chunk = chunk
+        self._alarms: list[Alarm] = []
+        self._live = 0
+        self._earlier = asyncio.Event()
+        self._target = math.inf
+        self.driver = asyncio.get_running_loop().create_task(self._drive(), name="clock")
+
+    def push(self, alarm: Alarm) -> None:
+        heapq.heappush(self._alarms, alarm)
+        self._live += 1
+        if alarm.deadline < self._target:
+            self._earlier.set()
+
+    def gone(self) -> None:
         self._live -= 1
         if self._live <= 0:
             self._earlier.set()  # nobody left: let the driver end now
 
     async def _drive(self) -> None:
-        """Wake each sleeper once its deadline passed on the boot clock; exit when none is left."""
-        sleepers = self._sleepers
+        """Ring each alarm once its deadline passed on the boot clock; exit when none is left."""
+        alarms = self._alarms
         while self._live > 0:
             now = self._boot_time()
-            while sleepers and (sleepers[0][0] <= now or sleepers[0][2].done()):
-                woken = heapq.heappop(sleepers)[2]
-                if not woken.done():
-                    woken.set_result(None)
-            if not sleepers or self._live <= 0:
+            while alarms and (alarms[0].deadline <= now or not alarms[0].pending):
+                heapq.heappop(alarms).ring()
+            if not alarms or self._live <= 0:
                 break
-            self._target = sleepers[0][0]
+            self._target = alarms[0].deadline
             self._earlier.clear()
             nap = asyncio.ensure_future(self._loop_sleep(min(self._target - now, self._chunk)))
             earlier = asyncio.ensure_future(self._earlier.wait())
@@ -134,9 +210,5 @@ class SystemClock:
             finally:
                 nap.cancel()
                 earlier.cancel()
-        sleepers.clear()
+        alarms.clear()
         self._target = math.inf
-
-    def timeout(self, seconds: float) -> AbstractAsyncContextManager[object]:
-        # Timeouts are short (seconds): the event loop's clock is good enough for them.
-        return asyncio.timeout(seconds)

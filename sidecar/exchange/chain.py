@@ -90,6 +90,8 @@ class ChainExchanger:
         self._clock = clock
         self._first: Credentials | None = None
         self._claims: TokenClaims | None = None
+        #: Which token the last exchange used (its hash), so a new one is logged once.
+        self._token_seen: int | None = None
 
     def _first_hop_usable(self) -> bool:
         if self._first is None or len(self.role.hops) == 1:
@@ -99,7 +101,8 @@ class ChainExchanger:
 
     async def _web_identity(self, tokens: TokenSource) -> Credentials:
         token = await tokens.fetch()
-        if token.claims != self._claims:
+        seen = hash(token.value)
+        if seen != self._token_seen:
             log.info(
                 "using web-identity token from %s",
                 token.origin,
@@ -112,7 +115,10 @@ class ChainExchanger:
                     "exp": token.claims.expires_text,
                 },
             )
-        self._claims = token.claims
+        self._token_seen = seen
+        # Later hops' templates need the claims; a single hop (the node agent's thousands
+        # of identities) need not keep ~1 KiB of decoded token each.
+        self._claims = token.claims if len(self.role.hops) > 1 else None
         hop = self.role.hops[0]
         name = render(
             hop.session_name or self.role.default_session_name, token.claims, None, self.role.name

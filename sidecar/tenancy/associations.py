@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import sys
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ MAX_ASSOCIATIONS_BYTES = 4 * 1024 * 1024
 ServiceAccount = tuple[str, str]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Association:
     namespace: str
     service_account: str
@@ -79,9 +80,10 @@ def parse_associations(document: Any, audience: str, origin: str) -> Association
         check.add(f"{origin}: associations must be an array of tables ([[associations]])")
         tables = []
     found: dict[ServiceAccount, Association] = {}
+    source = PresentedSource(audience)  # one for all: a node has thousands of associations
     for number, table in enumerate(tables, start=1):
         where = f"{origin}: association {number}"
-        association = _association(table, where, audience, check)
+        association = _association(table, where, source, check)
         if association is None:
             continue
         account = (association.namespace, association.service_account)
@@ -96,7 +98,9 @@ def parse_associations(document: Any, audience: str, origin: str) -> Association
     return Associations(found, origin)
 
 
-def _association(table: Any, where: str, audience: str, check: Checker) -> Association | None:
+def _association(
+    table: Any, where: str, source: PresentedSource, check: Checker
+) -> Association | None:
     if not isinstance(table, dict):
         check.add(f"{where} must be a table")
         return None
@@ -116,7 +120,8 @@ def _association(table: Any, where: str, audience: str, check: Checker) -> Assoc
         names.append(value)
     if len(names) != 2:
         return None
-    namespace, service_account = names
+    # Namespaces repeat (a few dozen for thousands of accounts): one string each.
+    namespace, service_account = sys.intern(names[0]), names[1]
     where = f"{where} ({namespace}/{service_account})"
     hops = role_hops(table, where, check)
     if hops is None:
@@ -127,7 +132,7 @@ def _association(table: Any, where: str, audience: str, check: Checker) -> Assoc
         accounts = []
     role = RoleConfig(
         name=f"{namespace}/{service_account}",
-        token=PresentedSource(audience),
+        token=source,
         hops=hops,
         allowed_accounts=check.accounts(tuple(accounts), f"{where}.allowed_accounts"),
         # CloudTrail shows who it was: the service account, not a generic name.

@@ -105,7 +105,7 @@ class PodTokenError(Refusal):
         return self.json_code
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PodIdentity:
     """Who a verified token speaks for. The token itself is kept for the STS exchange."""
 
