@@ -57,6 +57,9 @@ class FakeClock:
     def now(self) -> datetime:
         return self.true_now() + timedelta(seconds=self.skew)
 
+    def time(self) -> float:
+        return self.now().timestamp()
+
     def gone(self) -> None:
         """An alarm rang or was cancelled (nothing to count here)."""
 

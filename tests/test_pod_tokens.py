@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
+from dataclasses import astuple
 from datetime import timedelta
 from typing import Any
 
@@ -105,7 +106,7 @@ async def test_valid_token_gives_the_pod_identity() -> None:
         },
     )
     identity = await verifier.verify(f"Bearer {token}")
-    assert identity == PodIdentity(
+    expected = PodIdentity(
         URL,
         "payments",
         "api",
@@ -115,6 +116,7 @@ async def test_valid_token_gives_the_pod_identity() -> None:
         "api-7d9f-x2x",
         "5e3f3c1a-0c2d-4f3b-8c7a-1d2e3f4a5b6c",
     )
+    assert astuple(identity) == astuple(expected)
     assert identity.token.reveal() == token
     assert token not in repr(identity) and token not in str(identity)
 
@@ -123,8 +125,12 @@ async def test_bare_token_and_any_case_of_bearer_are_accepted() -> None:
     """The Authorization value may be the bare token (what SDKs send) or "Bearer <token>"."""
     verifier, _, clock = setup()
     token = mint(clock)
-    for value in (token, f"Bearer {token}", f"bearer  {token} ", f" {token}\n"):
+    for value in (token, f"Bearer {token}", f"bearer  {token} ", f" {token}\n", f"BEARER {token}"):
         assert (await verifier.verify(value)).service_account == "api"
+    # Only "bearer" and a space is the scheme: anything else is read as the token itself.
+    for value in (f"Bearer\t{token}", f"Bearerx {token}", f"Basic {token}"):
+        with pytest.raises(PodTokenError):
+            await verifier.verify(value)
 
 
 async def test_forged_token_with_our_kid_is_refused() -> None:
@@ -334,6 +340,9 @@ async def test_missing_token_has_its_own_code() -> None:
     with pytest.raises(PodTokenError) as caught:
         await verifier.verify("Bearer ")
     assert (caught.value.status, caught.value.code) == (401, "MissingToken")
+    with pytest.raises(PodTokenError) as caught:
+        await verifier.verify("bearer")
+    assert caught.value.code == "MissingToken"
     assert "projected service-account token" in str(caught.value)
 
 

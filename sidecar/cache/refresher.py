@@ -33,7 +33,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -64,7 +64,8 @@ TOKEN_WATCH_INTERVAL = 1.0
 @dataclass(frozen=True, eq=False, slots=True, weakref_slot=True)
 class Snapshot:
     """Credentials as served, immutable. Compared by identity: each output renders its own
-    bytes once per snapshot (``sidecar.outputs.rendered``)."""
+    bytes once per snapshot and keeps them in ``renderings`` (``sidecar.outputs.rendered``),
+    so they go with the snapshot."""
 
     credentials: Credentials
     #: Wall time of the exchange (IMDS reports it as LastUpdated).
@@ -72,6 +73,10 @@ class Snapshot:
     obtained_at: float
     expires_at: float
     refresh_at: float
+    #: ``credentials.expiration`` in seconds since the epoch (for ``Clock.time``).
+    expires_on: float
+    #: Each output's rendering of these credentials, by output (filled on first use).
+    renderings: dict[object, object] = field(default_factory=dict, repr=False)
 
 
 class ClockSkewError(SidecarError):
@@ -193,7 +198,7 @@ class Refresher:
         margin = self._policy.safety_margin
         if self._clock.monotonic() >= snap.expires_at - margin:
             return None
-        if (snap.credentials.expiration - self._clock.now()).total_seconds() <= margin:
+        if snap.expires_on - self._clock.time() <= margin:
             return None
         return snap
 
@@ -319,6 +324,7 @@ class Refresher:
             obtained_at=now,
             expires_at=now + lifetime,
             refresh_at=now + lifetime - min(ahead, 0.9 * lifetime),
+            expires_on=creds.expiration.timestamp(),
         )
         self._snapshot = snap
         self._last_success = now

@@ -91,6 +91,11 @@ class Clock(Protocol):
         """The current wall time, timezone-aware UTC."""
         ...
 
+    def time(self) -> float:
+        """``now()`` in seconds since the epoch: what the request path compares, without
+        making a datetime."""
+        ...
+
     async def sleep(self, seconds: float) -> None:
         """Wait until ``monotonic()`` has advanced by ``seconds``."""
         ...
@@ -136,6 +141,9 @@ class SystemClock:
 
     def now(self) -> datetime:
         return datetime.now(UTC)
+
+    def time(self) -> float:
+        return time.time()
 
     async def sleep(self, seconds: float) -> None:
         if seconds <= 0:

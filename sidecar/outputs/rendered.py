@@ -1,8 +1,8 @@
 """Answers rendered once per snapshot, by each output for itself, and written as bytes.
 
-A snapshot is immutable and compared by identity, so an output keeps its rendering in a
-weak map keyed by the snapshot: a hot endpoint answers from memory, and the bytes go when
-the refresher replaces (or the pool evicts) the snapshot.
+A snapshot is immutable and compared by identity, so an output keeps its rendering in the
+snapshot itself: a hot endpoint answers from memory, and the bytes go when the refresher
+replaces (or the pool evicts) the snapshot.
 
 The rendering is the whole HTTP answer, status line and headers included, so serving it
 is one write: no ``web.Response`` is built, no header is serialised per request (only
@@ -15,11 +15,10 @@ aiohttp decides the connection headers as for every other answer.
 from __future__ import annotations
 
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
@@ -32,15 +31,18 @@ T = TypeVar("T")
 
 
 class Rendered(Generic[T]):
+    """One output's rendering of each snapshot, made on first use and kept in the
+    snapshot (a dictionary lookup per request, gone when the snapshot is replaced)."""
+
     def __init__(self, render: Callable[[Snapshot], T]) -> None:
         self._render = render
-        self._cache: weakref.WeakKeyDictionary[Snapshot, T] = weakref.WeakKeyDictionary()
 
     def __call__(self, snapshot: Snapshot) -> T:
-        rendered = self._cache.get(snapshot)
+        renderings = snapshot.renderings
+        rendered = renderings.get(self)
         if rendered is None:
-            rendered = self._cache[snapshot] = self._render(snapshot)
-        return rendered
+            rendered = renderings[self] = self._render(snapshot)
+        return cast(T, rendered)
 
 
 @dataclass(frozen=True, slots=True)

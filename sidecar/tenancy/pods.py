@@ -11,7 +11,9 @@ first requests of one identity share it (and its single exchange).
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sidecar.cache.pool import Entry, Pool
@@ -40,6 +42,17 @@ class PodVerifier(Protocol):
 RefresherFactory = Callable[[RoleConfig, PresentedTokenSource, str], Refresher]
 
 
+@dataclass(frozen=True, slots=True)
+class _Resolved:
+    """What a verified token was resolved to: good while the associations are the same
+    table and the pool still holds the same refresher for ``key``."""
+
+    associations: Associations
+    key: IdentityKey
+    source: PresentedTokenSource
+    grant: Grant
+
+
 class PodTenancy:
     def __init__(
         self,
@@ -59,6 +72,11 @@ class PodTenancy:
         self._build = build
         self._metrics = metrics
         self._sources: dict[IdentityKey, PresentedTokenSource] = {}
+        # A cache hit's association and pool lookups, done once per verified token: an
+        # entry lives as long as the verifier keeps the token's PodIdentity.
+        self._resolved: weakref.WeakKeyDictionary[PodIdentity, _Resolved] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def forget(self, key: IdentityKey, entry: Entry, reason: str) -> None:
         """The pool dropped ``key`` (its ``on_evict``)."""
@@ -106,7 +124,15 @@ class PodTenancy:
         except Refusal as exc:
             self._metrics.pod_token_refusals.labels(exc.reason).inc()
             raise
-        association = self._associations().find(pod.namespace, pod.service_account)
+        current = self._associations()
+        resolved = self._resolved.get(pod)
+        if resolved is not None and resolved.associations is current:
+            refresher = self._pool.get(resolved.key)
+            if refresher is resolved.grant.refresher:
+                self._metrics.count_lookup(pod.namespace, hit=True)
+                resolved.source.offer(pod.token, pod.expires_at)
+                return resolved.grant
+        association = current.find(pod.namespace, pod.service_account)
         if association is None:
             self._metrics.pod_token_refusals.labels("no_association").inc()
             raise Forbidden(
@@ -139,8 +165,11 @@ class PodTenancy:
             )
         else:
             self._metrics.count_lookup(pod.namespace, hit=True)
-            self._sources[key].offer(pod.token, pod.expires_at)
-        return Grant(refresher, role_name(association.role.role_arn), pod.subject)
+            source = self._sources[key]
+            source.offer(pod.token, pod.expires_at)
+        grant = Grant(refresher, role_name(association.role.role_arn), pod.subject)
+        self._resolved[pod] = _Resolved(current, key, source, grant)
+        return grant
 
     def readiness(self, role: str | None) -> tuple[bool, dict[str, Any]]:
         """Ready once the issuer's keys are loaded (listening is implied by answering)."""
