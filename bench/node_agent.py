@@ -299,8 +299,9 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
             if fill.sts_calls != n:
                 problems.append(f"fill: {fill.sts_calls} STS calls for {n} identities")
 
-            # Phase 2: memory with every identity cached.
-            time.sleep(1)
+            # Phase 2: memory with every identity cached, once the agent has compacted its
+            # heap after the storm (core/collector.py: within two growth checks, ~4 s).
+            time.sleep(5)
             rss_full = rss_kib(agent.pid)
             cpu_full = cpu_share(agent.pid, args.idle_seconds)
 

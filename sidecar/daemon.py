@@ -1,7 +1,8 @@
 """The daemon: builds every part from a ``Config``, owns them, and tears them down.
 
 One owner for every long-lived resource, in start order (STS client, HTTP client for
-token endpoints, one refresher task per role, HTTP listener) and reverse stop order, so
+token endpoints, one refresher per role, HTTP listener, garbage compaction) and reverse
+stop order, so
 SIGTERM stops listening first, lets in-flight requests finish, then stops refreshing and
 closes the clients.
 """
@@ -26,6 +27,7 @@ from sidecar.cache.pool import Pool
 from sidecar.cache.refresher import Refresher
 from sidecar.config import Config, config_warnings
 from sidecar.core.clock import Clock, SystemClock
+from sidecar.core.collector import compact_once_ready
 from sidecar.core.metrics import Metrics
 from sidecar.exchange.sts import StsClient
 from sidecar.outputs.capability import create_capability_router
@@ -227,6 +229,11 @@ async def running_daemon(
                 "auth_required": not tenancy.open_roles,
             },
         )
+        compaction = asyncio.create_task(
+            compact_once_ready(clock, lambda: all(r.refresher.ready for r in roles.values())),
+            name="gc-compaction",
+        )
+        stack.push_async_callback(_cancel, compaction)
         default = roles.get(config.default_role) if config.default_role else None
         yield Running(
             url=base,

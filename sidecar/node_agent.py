@@ -27,7 +27,7 @@ from sidecar.cache.refresher import Refresher
 from sidecar.config.model import RoleConfig
 from sidecar.config.node_agent import NodeAgentConfig
 from sidecar.core.clock import Clock, SystemClock
-from sidecar.core.collector import compact_periodically
+from sidecar.core.collector import Growth, compact_periodically
 from sidecar.core.credentials import role_name
 from sidecar.core.errors import ListenError
 from sidecar.core.metrics import Metrics, worst_per_role
@@ -173,17 +173,8 @@ async def running_node_agent(
             keys_ready=lambda: keys.ready,
         )
         await _background(stack, associations.watch(clock), "associations-watch")
-        frozen_at = [0]
-
-        def grown() -> bool:
-            """Twice the identities of the last compaction, and 500 more: a storm settled."""
-            size = len(pool)
-            if size >= 2 * frozen_at[0] and size - frozen_at[0] >= 500:
-                frozen_at[0] = size
-                return True
-            return False
-
-        await _background(stack, compact_periodically(clock, grown=grown), "gc-compaction")
+        compaction = compact_periodically(clock, grown=Growth(lambda: len(pool)))
+        await _background(stack, compaction, "gc-compaction")
 
         refusals = LogThrottle(monotonic=clock.monotonic, budget=DEFAULT_REFUSAL_LOG_BUDGET)
         limiter = FailureLimiter(FAILED_REQUEST_RATE, FAILED_REQUEST_BURST, clock.monotonic)

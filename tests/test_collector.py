@@ -7,7 +7,7 @@ import asyncio
 import gc
 import weakref
 
-from sidecar.core.collector import compact_periodically
+from sidecar.core.collector import Growth, compact_once_ready, compact_periodically
 from tests.fakes import FakeClock, settle
 
 
@@ -65,3 +65,53 @@ async def test_compaction_comes_early_when_told_the_process_grew() -> None:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_the_sidecar_compacts_only_once_ready_and_then_after_a_moment() -> None:
+    """No compaction (a full collection) while roles are not ready; the first one ``after``
+    seconds once they are; and at the latest ``latest`` seconds after start."""
+    clock = FakeClock()
+    ready = False
+    task = asyncio.create_task(
+        compact_once_ready(clock, lambda: ready, interval=3600, after=1, latest=60)
+    )
+    try:
+        await clock.advance(30)
+        await settle()
+        assert gc.get_freeze_count() == 0
+        ready = True
+        await clock.advance(1)  # noticed within a second
+        await settle()
+        assert gc.get_freeze_count() == 0  # not yet: a moment after readiness
+        await clock.advance(1)
+        await settle()
+        assert gc.get_freeze_count() > 0
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert gc.get_freeze_count() == 0
+
+    never = asyncio.create_task(
+        compact_once_ready(clock, lambda: False, interval=3600, after=1, latest=60)
+    )
+    try:
+        await clock.advance(60)
+        await settle()
+        assert gc.get_freeze_count() == 0
+        await clock.advance(1)
+        await settle()
+        assert gc.get_freeze_count() > 0  # a role that is never ready does not stop it
+    finally:
+        never.cancel()
+        await asyncio.gather(never, return_exceptions=True)
+
+
+def test_growth_compacts_on_doubling_or_once_a_storm_settled() -> None:
+    """Doubling (and 500 more) triggers at once; a smaller growth (a tenth, and 100 more)
+    only once nothing was added between two looks; small drifts never."""
+    sizes = iter((600, 900, 1000, 1000, 1050, 1050, 1200, 1300, 1300))
+    grown = Growth(lambda: next(sizes))
+    looks = [grown() for _ in range(9)]
+    # 600: doubled. 900, 1000: growing. 1000 again: settled, +400 -> yes. 1050 (twice):
+    # settled but +50 -> no. 1200, 1300: growing. 1300 again: settled, +300 -> yes.
+    assert looks == [True, False, False, True, False, False, False, False, True]

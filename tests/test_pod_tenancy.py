@@ -3,10 +3,12 @@ its identity taken from (or added to) the pool; refusals never reach the cache o
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import random
 import tomllib
+import weakref
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -333,6 +335,26 @@ async def test_evicted_identities_leave_the_metrics_and_come_back() -> None:
     await node.pool.close()
     assert node.sample("identities", namespace="payments") == 0
     assert node.sample("identities", namespace="builds") == 0
+
+
+async def test_an_evicted_identity_is_freed_while_its_token_stays_cached() -> None:
+    """Eviction frees the identity (refresher, credentials) although the verifier still
+    caches the pod's token, and a later request of that token builds it again."""
+    node = Node(max_size=1)
+    token = node.token("payments", "api")
+    first = await node.tenancy.grant(None, token)
+    await settle()
+    snap = first.refresher.servable()
+    assert snap is not None
+    gone = weakref.ref(snap)  # its credentials: held by the refresher alone
+    del first, snap
+    await node.tenancy.grant(None, node.token("builds", "ci"))  # evicts payments/api
+    await settle()
+    gc.collect()
+    assert gone() is None
+    again = await node.tenancy.grant(None, token)
+    assert again.refresher in [e.refresher for _, e in node.pool.items()]
+    await node.pool.close()
 
 
 async def test_an_eviction_is_logged_with_its_subject_and_reason(

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from sidecar.config.model import ListenerLimits
-from sidecar.outputs.endpoint import create_router
+from sidecar.outputs.endpoint import create_router, render_container_json
 from sidecar.outputs.listener import ListenerGuard
+from sidecar.outputs.rendered import Rendered, Wire
 from sidecar.outputs.serving import listen
 from sidecar.tenancy.auth_tokens import AuthToken
 from sidecar.tenancy.static import StaticRole, StaticTenancy
@@ -133,3 +134,20 @@ async def test_prerendered_and_ordinary_answers_carry_the_same_headers(port: int
         k: v for k, v in slow[1].items() if k not in ignored
     }
     assert fast[2] == slow[2]
+
+
+async def test_no_rendering_shows_the_credentials_in_a_repr() -> None:
+    """The rendered answer holds the secret key and token; neither its repr nor the
+    snapshot's does (tracebacks with locals, debuggers)."""
+    role = fake_role()
+    task = asyncio.create_task(role.refresher.run())
+    await settle()
+    snap = role.refresher.servable()
+    assert snap is not None
+    wire = Rendered(lambda s: Wire.ok(render_container_json(s.credentials), "x", {}))(snap)
+    secrets = (snap.credentials.secret_access_key, snap.credentials.session_token)
+    assert all(secret.encode() in wire.body for secret in secrets)
+    for text in (repr(wire), repr(snap), str(snap)):
+        assert not any(secret in text for secret in secrets)
+    task.cancel()
+    await asyncio.wait([task])

@@ -167,10 +167,21 @@ async def test_health_and_readiness(ready: Harness) -> None:
 
 async def test_unknown_paths_and_methods_are_json(ready: Harness) -> None:
     """404 and 405 are JSON too, a 405 names the method to use, and nothing redirects."""
-    for path in ("/v1/credentials/", "/v1/credentials/default/", "/v1/credentials/a/b", "/x"):
+    paths: tuple[str, ...] = (
+        "/v1/credentials/",
+        "/v1/credentials/default/",
+        "/v1/credentials/a/b",
+        "/x",
+    )
+    # An encoded slash is no separator (a proxy's path rule must not be bypassed with it),
+    # and a role name holding one is no role.
+    paths += ("/v1/credentials%2Fdefault", "/readyz%2Fdefault", "/v1/credentials/a%2Fb")
+    for path in paths:
         missing = await ready.client.get(path, allow_redirects=False)
         assert missing.status == 404, path
-        assert (await missing.json())["Code"] == "NotFound"
+        assert (await missing.json())["Code"] in ("NotFound", "UnknownRole"), path
+    decoded = await ready.client.get("/v1/credentials/%64efault", headers={"Authorization": TOKEN})
+    assert decoded.status == 200  # the segment is decoded: %64 is "d"
     wrong = await ready.client.post("/v1/credentials", headers={"Authorization": TOKEN})
     assert wrong.status == 405
     assert wrong.headers["Content-Type"] == "application/json"

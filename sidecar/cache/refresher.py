@@ -76,7 +76,7 @@ class Snapshot:
     #: ``credentials.expiration`` in seconds since the epoch (for ``Clock.time``).
     expires_on: float
     #: Each output's rendering of these credentials, by output (filled on first use).
-    renderings: dict[object, object] = field(default_factory=dict, repr=False)
+    renderings: dict[object, object] = field(default_factory=dict, init=False, repr=False)
 
 
 class ClockSkewError(SidecarError):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Generic, TypeVar, cast
 
@@ -50,7 +50,8 @@ class Wire:
     """A 200 answer's bytes: everything up to the ``Date`` value, and the body."""
 
     head: bytes
-    body: bytes
+    #: The credentials themselves: never in a repr (a traceback's locals, a debugger).
+    body: bytes = field(repr=False)
     content_type: str
     headers: tuple[tuple[str, str], ...]
 

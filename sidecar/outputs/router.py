@@ -6,11 +6,12 @@ it through its URL dispatcher and a middleware chain on every request: on the cr
 endpoint's hot path that was as much work as everything the sidecar does itself
 (docs/benchmarks.md). What the middlewares did is done here once, in order:
 
-1. a listener-wide ``guard`` (the DNS-rebinding check of listeners without client auth)
-   may answer first;
-2. the route is found: an exact path, or a prefix and one path segment handed to the
-   handler (``/v1/credentials/<role>``); anything else is a JSON 404, a wrong method a
-   JSON 405 naming the right one;
+1. the route is found on the path as sent, ``/`` and ``%`` still encoded: an exact path,
+   or a prefix and one path segment handed (decoded) to the handler
+   (``/v1/credentials/<role>``);
+2. a listener-wide ``guard`` (the DNS-rebinding check of listeners without client auth)
+   may answer first; then a path without a route is a JSON 404, a wrong method a JSON 405
+   naming the right one;
 3. a ``Refusal`` a handler raises becomes its JSON answer;
 4. a 4xx charges the client's failure budget (``ratelimit``): over it, a 429 instead;
 5. the request is counted under its route's pattern, never the path itself (a path holds
@@ -22,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
@@ -87,24 +89,28 @@ class Router:
         return None
 
     async def __call__(self, request: BaseRequest) -> web.StreamResponse:
-        label = UNMATCHED
+        # Routed on the path with "/" and "%" still encoded (as aiohttp's URL dispatcher
+        # does): "/v1/credentials%2Fother" is no route, whatever a proxy in front of us
+        # made of it; only the captured segment is decoded.
+        path = request.rel_url.path_safe
+        if self._normalise is not None:
+            path = self._normalise(path)
+        found = self._match(path)
+        label = found[0].label if found is not None else UNMATCHED
         try:
             refused = self._guard(request) if self._guard is not None else None
             if refused is not None:
                 response = refused
+            elif found is None:
+                raise NotFound("nothing is served at this path")
             else:
-                path = request.path
-                if self._normalise is not None:
-                    path = self._normalise(path)
-                found = self._match(path)
-                if found is None:
-                    raise NotFound("nothing is served at this path")
                 route, segment = found
-                label = route.label
                 if request.method != route.method:
                     raise MethodNotAllowed(
                         f"use {route.method} for {route.label}", headers={"Allow": route.method}
                     )
+                if segment is not None and "%" in segment:
+                    segment = unquote(segment)
                 response = await route.handler(request, segment)
         except Refusal as exc:
             response = answer(exc)

@@ -43,14 +43,21 @@ RefresherFactory = Callable[[RoleConfig, PresentedTokenSource, str], Refresher]
 
 
 @dataclass(frozen=True, slots=True)
-class _Resolved:
-    """What a verified token was resolved to: good while the associations are the same
-    table and the pool still holds the same refresher for ``key``."""
+class _Identity:
+    """A cached identity's token source and the grant its requests get."""
 
-    associations: Associations
-    key: IdentityKey
     source: PresentedTokenSource
     grant: Grant
+
+
+@dataclass(frozen=True, slots=True)
+class _Resolved:
+    """Which identity a verified token was resolved to: good while the associations are
+    still that table (held weakly: an old table is not kept alive by cached tokens) and
+    the identity is still cached. It holds no refresher, so an evicted identity goes."""
+
+    associations: weakref.ref[Associations]
+    key: IdentityKey
 
 
 class PodTenancy:
@@ -71,16 +78,17 @@ class PodTenancy:
         self._pool = pool
         self._build = build
         self._metrics = metrics
-        self._sources: dict[IdentityKey, PresentedTokenSource] = {}
-        # A cache hit's association and pool lookups, done once per verified token: an
-        # entry lives as long as the verifier keeps the token's PodIdentity.
+        #: Every cached identity's source and grant; ``forget`` drops them with it.
+        self._identities: dict[IdentityKey, _Identity] = {}
+        # A cache hit's association lookup, done once per verified token: an entry lives
+        # as long as the verifier keeps the token's PodIdentity.
         self._resolved: weakref.WeakKeyDictionary[PodIdentity, _Resolved] = (
             weakref.WeakKeyDictionary()
         )
 
     def forget(self, key: IdentityKey, entry: Entry, reason: str) -> None:
         """The pool dropped ``key`` (its ``on_evict``)."""
-        self._sources.pop(key, None)
+        self._identities.pop(key, None)
         self._metrics.identities.labels(entry.label).dec()
         if reason != "shutdown":
             self._metrics.identity_evictions.labels(reason).inc()
@@ -126,12 +134,12 @@ class PodTenancy:
             raise
         current = self._associations()
         resolved = self._resolved.get(pod)
-        if resolved is not None and resolved.associations is current:
-            refresher = self._pool.get(resolved.key)
-            if refresher is resolved.grant.refresher:
+        if resolved is not None and resolved.associations() is current:
+            known = self._identities.get(resolved.key)
+            if known is not None and self._pool.get(resolved.key) is known.grant.refresher:
                 self._metrics.count_lookup(pod.namespace, hit=True)
-                resolved.source.offer(pod.token, pod.expires_at)
-                return resolved.grant
+                known.source.offer(pod.token, pod.expires_at)
+                return known.grant
         association = current.find(pod.namespace, pod.service_account)
         if association is None:
             self._metrics.pod_token_refusals.labels("no_association").inc()
@@ -149,7 +157,8 @@ class PodTenancy:
             source = PresentedTokenSource(pod.subject, self._clock, association.role.token.audience)
             source.offer(pod.token, pod.expires_at)
             refresher = self._build(association.role, source, pod.namespace)
-            self._sources[key] = source
+            grant = Grant(refresher, role_name(association.role.role_arn), pod.subject)
+            self._identities[key] = identity = _Identity(source, grant)
             self._pool.add(key, refresher, label=pod.namespace)
             self._metrics.identities.labels(pod.namespace).inc()
             log.info(
@@ -165,11 +174,10 @@ class PodTenancy:
             )
         else:
             self._metrics.count_lookup(pod.namespace, hit=True)
-            source = self._sources[key]
-            source.offer(pod.token, pod.expires_at)
-        grant = Grant(refresher, role_name(association.role.role_arn), pod.subject)
-        self._resolved[pod] = _Resolved(current, key, source, grant)
-        return grant
+            identity = self._identities[key]
+            identity.source.offer(pod.token, pod.expires_at)
+        self._resolved[pod] = _Resolved(weakref.ref(current), key)
+        return identity.grant
 
     def readiness(self, role: str | None) -> tuple[bool, dict[str, Any]]:
         """Ready once the issuer's keys are loaded (listening is implied by answering)."""
