@@ -20,9 +20,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from sidecar.devmode.environment import serve_emulator
 from sidecar.devmode.issuer import OidcIssuer
 from sidecar.devmode.sts_emulator import StsEmulator
+from tests import netns
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -150,6 +153,26 @@ def run_sidecar(
         text=True,
         timeout=timeout,
     )
+
+
+def serve_dev_in(namespace: netns.Namespace, *flags: str) -> tuple[subprocess.Popen[str], str]:
+    """``serve --dev`` with ``flags`` inside ``namespace``, once every listener is up (dev
+    mode then prints its instructions): the process and its STS emulator's URL. Fails the
+    test with the daemon's stderr if it never gets there."""
+    server = namespace.popen(
+        [sys.executable, "-m", "sidecar", "serve", "--dev", *flags],
+        cwd=REPO,
+        env=clean_aws_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None
+    for line in server.stdout:
+        if line.startswith("export AWS_ENDPOINT_URL_STS="):
+            return server, line.split("=", 1)[1].strip()
+    server.kill()
+    pytest.fail(f"the daemon did not start:\n{server.communicate(timeout=10)[1]}")
 
 
 def run_node(script: Path, env: dict[str, str]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests import netns
-from tests.peers import REPO, clean_aws_env
+from tests.peers import REPO, clean_aws_env, serve_dev_in
 
 BOTOCORE_CLIENT = """
 import json, boto3
@@ -59,37 +59,15 @@ def capability(tmp_path: Path) -> Iterator[Capability]:
         namespace = net.namespace("host")
         namespace.run([sys.executable, "-m", "sidecar", "link-local", "up"], cwd=REPO)
         ids = tmp_path / "ids"
-        server = namespace.popen(
-            [
-                sys.executable,
-                "-m",
-                "sidecar",
-                "serve",
-                "--dev",
-                "--relative-listen",
-                "169.254.170.2:80",
-                "--relative-id-dir",
-                str(ids),
-                "--log-format",
-                "json",
-            ],
-            cwd=REPO,
-            env=clean_aws_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        server, sts_url = serve_dev_in(
+            namespace,
+            "--relative-listen",
+            "169.254.170.2:80",
+            "--relative-id-dir",
+            str(ids),
+            "--log-format",
+            "json",
         )
-        assert server.stdout is not None
-        sts_url = ""
-        # Dev mode prints its instructions once every listener is up.
-        for line in server.stdout:
-            if line.startswith("export AWS_ENDPOINT_URL_STS="):
-                sts_url = line.split("=", 1)[1].strip()
-                break
-        if not sts_url:
-            server.kill()
-            _, errors = server.communicate(timeout=10)
-            pytest.fail(f"the daemon did not start:\n{errors}")
         yield Capability(namespace, server, sts_url, ids)
 
 

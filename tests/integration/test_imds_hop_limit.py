@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests import netns
-from tests.peers import REPO, clean_aws_env
+from tests.peers import serve_dev_in
 
 #: Ask for a token, give up after 3 s (a dropped answer is a timeout, not a refusal).
 PUT_TOKEN = """
@@ -57,30 +57,9 @@ def topology() -> Iterator[Topology]:
 
 
 def serve(topology: Topology, *flags: str) -> subprocess.Popen[str]:
-    server = topology.daemon.popen(
-        [
-            sys.executable,
-            "-m",
-            "sidecar",
-            "serve",
-            "--dev",
-            "--imds-listen",
-            "0.0.0.0:8077",
-            "--insecure-allow-unauthenticated-network-listener",
-            *flags,
-        ],
-        cwd=REPO,
-        env=clean_aws_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert server.stdout is not None
-    for line in server.stdout:  # dev mode prints its instructions once listening
-        if line.startswith("export AWS_ENDPOINT_URL_STS="):
-            return server
-    server.kill()
-    pytest.fail(f"the daemon did not start:\n{server.communicate(timeout=10)[1]}")
+    imds = ("--imds-listen", "0.0.0.0:8077", "--insecure-allow-unauthenticated-network-listener")
+    server, _ = serve_dev_in(topology.daemon, *imds, *flags)
+    return server
 
 
 def ask(namespace: netns.Namespace, url: str) -> str:
